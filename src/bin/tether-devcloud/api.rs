@@ -1,0 +1,224 @@
+//! The gateway-facing protocol v1: `POST /v1/gateways/{gw}/poll` (the long poll) and
+//! `POST /v1/gateways/{gw}/results` (early flush), with bearer-token authentication.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tether::cloud::wire::{Cadence, PollRequest, PollResponse, ResultsRequest, ResultsResponse};
+use tokio::time::Instant;
+
+use crate::App;
+use crate::http::{self, Body, Reject};
+use crate::state::Take;
+use crate::stats::bump;
+
+/// Largest request body accepted from a gateway.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Longest hold honoured even if `--max-wait-s` is larger, so deadlines never overflow.
+const MAX_HOLD_S: u64 = 24 * 3600;
+
+/// What the TLS layer established about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client presented a certificate that verified against `--client-ca`.
+    pub client_cert: bool,
+}
+
+/// Entry point for every request on the HTTPS listener.
+pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    if req.version() == Version::HTTP_2 {
+        bump(&app.stats.requests_http2);
+    } else {
+        bump(&app.stats.requests_http1);
+    }
+
+    let path = req.uri().path().to_owned();
+    if path != "/v1" && !path.starts_with("/v1/") {
+        return http::not_found();
+    }
+    if !authorized(app, conn, req.headers()) {
+        let mut response = http::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+
+    let Some(parts) = http::segments_after(&path, "/v1/gateways/") else {
+        return http::not_found();
+    };
+    match parts.as_slice() {
+        [gw, action @ ("poll" | "results")] => {
+            if req.method() != Method::POST {
+                return http::method_not_allowed();
+            }
+            if *action == "poll" {
+                poll(app, gw, req).await
+            } else {
+                results(app, gw, req).await
+            }
+        }
+        _ => http::not_found(),
+    }
+}
+
+fn authorized(app: &App, conn: ConnInfo, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.token else {
+        return true;
+    };
+    if conn.client_cert {
+        return true;
+    }
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, presented)| {
+            constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+        })
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `wait=N` from `Prefer` headers (RFC 7240); 0 when absent or unparsable.
+fn prefer_wait(headers: &HeaderMap) -> u64 {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| {
+            // Parameters of a preference follow `;`; `wait` takes none.
+            let head = pref.split(';').next()?.trim();
+            let (key, value) = head.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .next()
+        .unwrap_or(0)
+}
+
+async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
+    bump(&app.stats.polls);
+    let wait_s = prefer_wait(req.headers())
+        .min(app.max_wait_s)
+        .min(MAX_HOLD_S);
+    let body: PollRequest = match http::read_json(req, MAX_BODY).await {
+        Ok(body) => body,
+        Err(reject) => return reject.into(),
+    };
+    let capacity = body.capacity;
+    let start = app.store.begin_poll(gw, body);
+    if let Err(reject) = commit(app, start.version).await {
+        return reject.into();
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    let commands = loop {
+        let notified = start.wake.notified();
+        tokio::pin!(notified);
+        // Registered before looking at the queue, so an enqueue racing with the look
+        // still wakes us.
+        notified.as_mut().enable();
+        let timed_out = match app.store.take_commands(gw, start.generation, capacity) {
+            Take::Superseded => break Vec::new(),
+            Take::Commands { commands, version } if !commands.is_empty() => {
+                if let Err(reject) = commit(app, version).await {
+                    return reject.into();
+                }
+                break commands;
+            }
+            // Nothing to hand out (empty queue, or capacity 0: then only the deadline or
+            // a newer poll ends the hold, so a full gateway does not spin).
+            Take::Commands { .. } => {
+                tokio::select! {
+                    () = &mut notified => false,
+                    () = tokio::time::sleep_until(deadline) => true,
+                }
+            }
+        };
+        if timed_out {
+            // Last look: something may have arrived just as the deadline fired.
+            match app.store.take_commands(gw, start.generation, capacity) {
+                Take::Superseded => break Vec::new(),
+                Take::Commands { commands, version } => {
+                    if let Err(reject) = commit(app, version).await {
+                        return reject.into();
+                    }
+                    break commands;
+                }
+            }
+        }
+    };
+
+    http::json(
+        StatusCode::OK,
+        &PollResponse {
+            commands,
+            acked: start.acked,
+            poll: Some(Cadence {
+                wait_s: app.wait_s,
+                interval_s: app.interval_s,
+            }),
+        },
+    )
+}
+
+async fn results(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
+    bump(&app.stats.results_posts);
+    let body: ResultsRequest = match http::read_json(req, MAX_BODY).await {
+        Ok(body) => body,
+        Err(reject) => return reject.into(),
+    };
+    let (acked, version) = app.store.post_results(gw, body.results, body.events);
+    if let Err(reject) = commit(app, version).await {
+        return reject.into();
+    }
+    http::json(StatusCode::OK, &ResultsResponse { acked })
+}
+
+/// Makes a change durable before it is acknowledged; 500 if that fails, so the gateway
+/// keeps its results and retries.
+pub async fn commit(app: &App, version: Option<u64>) -> Result<(), Reject> {
+    app.store.commit(version).await.map_err(|e| {
+        log::error!("cannot persist state: {e}");
+        Reject::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot persist state")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prefer_wait() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(prefer_wait(&headers), 0);
+        headers.insert("prefer", HeaderValue::from_static("respond-async, wait=25"));
+        assert_eq!(prefer_wait(&headers), 25);
+        headers.insert("prefer", HeaderValue::from_static("WAIT = 7"));
+        assert_eq!(prefer_wait(&headers), 7);
+        headers.insert("prefer", HeaderValue::from_static("wait=soon"));
+        assert_eq!(prefer_wait(&headers), 0);
+    }
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

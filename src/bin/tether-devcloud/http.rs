@@ -1,0 +1,135 @@
+//! HTTP plumbing shared by the gateway API and the admin API: JSON responses, JSON error
+//! bodies, bounded body reading and small request-parsing helpers.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub type Body = Full<Bytes>;
+
+/// A response with a JSON body.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => with_body(status, bytes),
+        Err(e) => {
+            log::error!("cannot serialize a response: {e}");
+            with_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"error":"cannot serialize response"}"#.to_vec(),
+            )
+        }
+    }
+}
+
+/// A refused request: becomes `{"error": message}` with `status`. Kept small (rather
+/// than a whole `Response`) so `Result`s carrying it stay cheap to move.
+#[derive(Debug)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Reject {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Reject> for Response<Body> {
+    fn from(reject: Reject) -> Self {
+        error(reject.status, reject.message)
+    }
+}
+
+/// `{"error": message}` with the given status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(status, &json!({ "error": message.into() }))
+}
+
+pub fn not_found() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+pub fn method_not_allowed() -> Response<Body> {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+fn with_body(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject> {
+    let too_large = || {
+        Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes"),
+        )
+    };
+    // Refuse early when the client announces the size, before reading anything.
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read body: {e}"),
+        )),
+    }
+}
+
+/// Reads and parses a JSON body; 400 on malformed JSON, 413 when too large.
+pub async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Reject> {
+    let bytes = read_body(req, limit).await?;
+    parse_json(&bytes)
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Reject> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// The raw value of query parameter `name`, if present (no percent-decoding: the admin
+/// API only takes numbers and flags there).
+pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// Path segments after `prefix` (e.g. `/v1/gateways/`), split on `/`.
+///
+/// Gateway ids are taken verbatim from their segment; an empty segment (`//`) is not an
+/// id, so it makes the route not match.
+pub fn segments_after<'a>(path: &'a str, prefix: &str) -> Option<Vec<&'a str>> {
+    let rest = path.strip_prefix(prefix)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some(parts)
+}

@@ -1,0 +1,353 @@
+//! The uplink driver: the only code that talks HTTP.
+//!
+//! It performs what [`Session`] decides: a long poll (`POST .../poll` with `Prefer: wait`)
+//! carrying owed results, pending ids, events and capacity; and, while a poll is held, an
+//! early flush (`POST .../results`) on the same HTTP/2 connection. It hands received
+//! commands to the [`Router`] before the next poll is built (so they are listed in
+//! `pending`), settles the [`Outbox`] with the cloud's acks, and classifies every failure
+//! into a [`Failure`] for the session's timing rules.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Action, Failure, LinkState, Session};
+use super::tls;
+use super::wire::{PollRequest, PollResponse, ResultsRequest, ResultsResponse};
+use crate::config::CloudConfig;
+use crate::outbox::{Batch, Outbox};
+use crate::router::Router;
+
+/// Events carried by one request at most; the rest wait for the next.
+const MAX_EVENTS_PER_REQUEST: usize = 1000;
+
+/// Why a request failed, with enough detail for one clear log line.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    #[error("response body exceeds {0} bytes (cloud.max_response_bytes)")]
+    TooLarge(usize),
+    #[error("response is not valid protocol v1 JSON: {0}")]
+    BadJson(String),
+}
+
+impl RequestError {
+    fn failure(&self, carried_results: bool) -> Failure {
+        match self {
+            RequestError::Status { status, retry_after, .. } => match status.as_u16() {
+                401 | 403 => Failure::Auth,
+                429 | 503 => Failure::Busy(*retry_after),
+                400 | 413 | 422 if carried_results => Failure::Refused,
+                _ => Failure::Transient,
+            },
+            _ => Failure::Transient,
+        }
+    }
+}
+
+/// The HTTP side of the uplink; cheap to clone.
+#[derive(Clone)]
+pub struct Uplink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    poll_url: String,
+    results_url: String,
+    authorization: Option<HeaderValue>,
+    request_timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl Uplink {
+    /// Builds the HTTP client (TLS settings, identity, token) for gateway `gateway_id`.
+    pub fn new(cfg: &CloudConfig, gateway_id: &str) -> Result<Uplink, tls::SetupError> {
+        let client = tls::build_client(cfg)?;
+        let authorization = tls::load_token(cfg)?;
+        let base = cfg.url.trim_end_matches('/');
+        Ok(Uplink {
+            inner: Arc::new(Inner {
+                client,
+                poll_url: format!("{base}/v1/gateways/{gateway_id}/poll"),
+                results_url: format!("{base}/v1/gateways/{gateway_id}/results"),
+                authorization,
+                request_timeout: cfg.request_timeout,
+                max_response_bytes: cfg.max_response_bytes,
+            }),
+        })
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        self,
+        url_is_poll: bool,
+        body: B,
+        wait: Duration,
+    ) -> Result<R, RequestError> {
+        let inner = &self.inner;
+        let url = if url_is_poll { &inner.poll_url } else { &inner.results_url };
+        let body = serde_json::to_vec(&body).map_err(|e| RequestError::Transport(e.to_string()))?;
+        let mut req = inner
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(wait + inner.request_timeout)
+            .body(body);
+        if url_is_poll {
+            req = req.header("prefer", format!("wait={}", wait.as_secs()));
+        }
+        if let Some(auth) = &inner.authorization {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let mut resp = req.send().await.map_err(|e| RequestError::Transport(chain(&e)))?;
+        let status = resp.status();
+        let max = inner.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(RequestError::TooLarge(max));
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| RequestError::Transport(chain(&e)))? {
+            if buf.len() + chunk.len() > max {
+                return Err(RequestError::TooLarge(max));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+            return Err(RequestError::Status {
+                status,
+                retry_after,
+                body: text,
+            });
+        }
+        serde_json::from_slice(&buf).map_err(|e| RequestError::BadJson(e.to_string()))
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// An error with its sources, so "error sending request" says *why* (TLS, DNS, reset).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+type Pending<T> = Option<Pin<Box<dyn Future<Output = (Batch, Result<T, RequestError>)> + Send>>>;
+
+/// Resolves when the optional future does; never, if there is none.
+async fn next<T>(fut: &mut Pending<T>) -> (Batch, Result<T, RequestError>) {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything the driver loop works with.
+pub struct Driver {
+    pub uplink: Uplink,
+    pub session: Session,
+    pub router: Router,
+    pub outbox: Arc<Outbox>,
+    pub max_batch: usize,
+}
+
+impl Driver {
+    /// Polls until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut poll: Pending<PollResponse> = None;
+        let mut flush: Pending<ResultsResponse> = None;
+        let mut batch_limit = self.max_batch;
+        let mut logged_state = LinkState::Connecting;
+        loop {
+            let now = Instant::now();
+            while let Some(action) = self.session.poll_action(now) {
+                match action {
+                    Action::Poll { wait } => {
+                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST);
+                        let body = PollRequest {
+                            results: batch.results.clone(),
+                            pending: self.router.pending_ids(),
+                            events: batch.events.clone(),
+                            capacity: self.router.capacity(),
+                        };
+                        let uplink = self.uplink.clone();
+                        poll = Some(Box::pin(async move { (batch, uplink.post(true, body, wait).await) }));
+                    }
+                    Action::Flush => {
+                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST);
+                        if batch.results.is_empty() {
+                            // Everything owed already rides in a request; events can wait.
+                            self.outbox.settle(batch, &[], false);
+                            self.session.flush_done(now, true);
+                            continue;
+                        }
+                        let body = ResultsRequest {
+                            results: batch.results.clone(),
+                            events: batch.events.clone(),
+                        };
+                        let uplink = self.uplink.clone();
+                        let wait = Duration::ZERO;
+                        flush = Some(Box::pin(async move { (batch, uplink.post(false, body, wait).await) }));
+                    }
+                }
+            }
+            let deadline = self.session.poll_timeout();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                (batch, out) = next(&mut poll) => {
+                    poll = None;
+                    let now = Instant::now();
+                    match out {
+                        Ok(resp) => {
+                            // Commands first, so the next poll lists them as pending.
+                            self.router.submit(resp.commands);
+                            self.outbox.settle(batch, &resp.acked, true);
+                            batch_limit = (batch_limit * 2).min(self.max_batch);
+                            self.session.poll_done(now, Ok(resp.poll));
+                        }
+                        Err(e) => {
+                            let failure = e.failure(!batch.results.is_empty());
+                            if failure == Failure::Refused {
+                                batch_limit = self.narrow(&batch, &e);
+                            }
+                            self.outbox.settle(batch, &[], false);
+                            self.session.poll_done(now, Err(failure));
+                            self.log_failure(&e, logged_state);
+                        }
+                    }
+                    logged_state = self.log_transition(logged_state);
+                }
+                (batch, out) = next(&mut flush) => {
+                    flush = None;
+                    let ok = match out {
+                        Ok(resp) => {
+                            self.outbox.settle(batch, &resp.acked, true);
+                            true
+                        }
+                        Err(e) => {
+                            log::debug!("early flush failed, results ride the next poll: {e}");
+                            self.outbox.settle(batch, &[], false);
+                            false
+                        }
+                    };
+                    self.session.flush_done(Instant::now(), ok);
+                }
+                _ = self.outbox.changed() => self.session.results_ready(Instant::now()),
+                _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {}
+            }
+        }
+    }
+
+    /// The cloud refused a batch: halve it, and quarantine a lone result so the queue
+    /// never wedges on one bad result.
+    fn narrow(&self, batch: &Batch, e: &RequestError) -> usize {
+        if let [only] = batch.results.as_slice() {
+            if self.outbox.quarantine(&only.command_id).is_some() {
+                log::error!(command_id = only.command_id.as_str();
+                    "cloud refuses this result ({e}); quarantined, it will not be resent");
+                self.outbox.push_event(crate::cloud::wire::Event {
+                    appliance: None,
+                    kind: "quarantined".into(),
+                    payload: serde_json::json!({ "command_id": only.command_id, "error": e.to_string() }),
+                });
+            }
+            return self.max_batch;
+        }
+        (batch.results.len() / 2).max(1)
+    }
+
+    fn log_failure(&self, e: &RequestError, previous: LinkState) {
+        let state = self.session.state();
+        if state == previous && self.session.failures() > 1 {
+            log::debug!("cloud request failed again: {e}");
+            return;
+        }
+        match state {
+            LinkState::AuthFailed => log::error!(
+                "cloud refused the gateway's credentials ({e}); check cloud.token_file or the client certificate; retrying every few minutes"
+            ),
+            _ => log::warn!("cloud request failed: {e}; retrying with backoff"),
+        }
+    }
+
+    fn log_transition(&self, previous: LinkState) -> LinkState {
+        let state = self.session.state();
+        if state != previous && state == LinkState::Online {
+            log::info!("cloud link {}", state.as_str());
+        }
+        state
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH);
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+        let d = parse_retry_after(&future).unwrap();
+        assert!(d > Duration::from_secs(590) && d <= Duration::from_secs(600), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn status_codes_map_to_failures() {
+        let status = |code: u16| RequestError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: Some(Duration::from_secs(3)),
+            body: String::new(),
+        };
+        assert_eq!(status(401).failure(true), Failure::Auth);
+        assert_eq!(status(403).failure(false), Failure::Auth);
+        assert_eq!(status(429).failure(false), Failure::Busy(Some(Duration::from_secs(3))));
+        assert_eq!(status(503).failure(true), Failure::Busy(Some(Duration::from_secs(3))));
+        assert_eq!(status(413).failure(true), Failure::Refused);
+        assert_eq!(status(400).failure(false), Failure::Transient);
+        assert_eq!(status(500).failure(true), Failure::Transient);
+        assert_eq!(RequestError::TooLarge(1).failure(true), Failure::Transient);
+    }
+}

@@ -1,0 +1,248 @@
+//! The long-poll session as a pure state machine: no sockets, no clock of its own.
+//!
+//! The driver (`cloud::driver`) feeds it what happened (`poll_done`, `flush_done`,
+//! `results_ready`) with the current instant, asks it what to do next (`poll_action`) and
+//! sleeps until `poll_timeout`. Keeping the timing rules here lets them be tested with
+//! plain `Instant` arithmetic: backoff with full jitter, `Retry-After`, the server-steered
+//! cadence and the result linger.
+//!
+//! Rules it enforces:
+//! - exactly one poll in flight; the next starts when the previous one ends (plus the
+//!   server's `interval_s`, or a backoff after a failure);
+//! - an early flush of results only while a poll is held on a connection already proven by
+//!   a successful response (a cold client firing two requests opens two connections), and
+//!   only after `linger`, so results finishing together share one request;
+//! - failures back off exponentially with full jitter (base 500 ms, cap `backoff_max`);
+//!   401/403 retries slowly; 429/503 honour `Retry-After`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::wire::Cadence;
+
+/// Backoff base: the first retry waits up to this long.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Credentials were refused: retrying fast cannot help and may look like an attack.
+pub const AUTH_RETRY: Duration = Duration::from_secs(300);
+/// A server asking for more than this is capped, so a typo in `Retry-After` cannot park a
+/// gateway for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Timing knobs, from `[cloud]`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub poll_wait: Duration,
+    pub backoff_max: Duration,
+    pub linger: Duration,
+}
+
+/// What the driver should start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a poll the server may hold for `wait`.
+    Poll { wait: Duration },
+    /// Send the owed results on a second stream while the poll is held.
+    Flush,
+}
+
+/// How a request failed, as far as timing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 401/403: credentials are wrong; retry slowly.
+    Auth,
+    /// 429/503: the server said when to come back (or did not).
+    Busy(Option<Duration>),
+    /// Network, TLS, timeouts, other 5xx, unparseable responses.
+    Transient,
+    /// 400/413/422 on a request carrying results: the driver narrows the batch and retries
+    /// at once; it quarantines a lone refused result, so this cannot loop.
+    Refused,
+}
+
+/// Where the link stands, for STATUS lines and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Online,
+    Backoff,
+    AuthFailed,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Online => "online",
+            LinkState::Backoff => "backoff",
+            LinkState::AuthFailed => "auth-failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    cadence: Cadence,
+    next_poll: Instant,
+    poll_in_flight: bool,
+    flush_in_flight: bool,
+    flush_due: Option<Instant>,
+    /// Results became ready while a flush was in flight: flush again after it.
+    more_ready: bool,
+    /// The last poll succeeded, so the pooled connection is known and multiplexed.
+    link_proven: bool,
+    failures: u32,
+    state: LinkState,
+    rng: fastrand::Rng,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, now: Instant, rng: fastrand::Rng) -> Session {
+        let cadence = Cadence {
+            wait_s: cfg.poll_wait.as_secs(),
+            interval_s: 0,
+        };
+        Session {
+            cfg,
+            cadence,
+            next_poll: now,
+            poll_in_flight: false,
+            flush_in_flight: false,
+            flush_due: None,
+            more_ready: false,
+            link_proven: false,
+            failures: 0,
+            state: LinkState::Connecting,
+            rng,
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// Consecutive failed polls.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The next thing to start, if any is due at `now`. Call until it returns `None`.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if !self.poll_in_flight && self.next_poll <= now {
+            self.poll_in_flight = true;
+            // Results that were waiting for a flush ride in this poll instead.
+            self.flush_due = None;
+            self.more_ready = false;
+            return Some(Action::Poll {
+                wait: Duration::from_secs(self.cadence.wait_s),
+            });
+        }
+        if let Some(due) = self.flush_due
+            && due <= now
+            && self.can_flush()
+        {
+            self.flush_due = None;
+            self.flush_in_flight = true;
+            return Some(Action::Flush);
+        }
+        None
+    }
+
+    /// When `poll_action` next has something to return; `None`: only an event will tell.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let poll = (!self.poll_in_flight).then_some(self.next_poll);
+        let flush = self.flush_due.filter(|_| self.can_flush());
+        match (poll, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn can_flush(&self) -> bool {
+        self.poll_in_flight && self.link_proven && !self.flush_in_flight
+    }
+
+    /// New results are owed to the cloud.
+    pub fn results_ready(&mut self, now: Instant) {
+        if !self.poll_in_flight || !self.link_proven {
+            // They ride in the next poll.
+            return;
+        }
+        if self.flush_in_flight {
+            self.more_ready = true;
+        } else if self.flush_due.is_none() {
+            self.flush_due = Some(now + self.cfg.linger);
+        }
+    }
+
+    /// A poll ended. `Ok` carries the cadence the server asked for, if any.
+    pub fn poll_done(&mut self, now: Instant, outcome: Result<Option<Cadence>, Failure>) {
+        self.poll_in_flight = false;
+        self.flush_due = None;
+        match outcome {
+            Ok(cadence) => {
+                if let Some(c) = cadence {
+                    self.cadence = Cadence {
+                        wait_s: c.wait_s.min(3600),
+                        interval_s: c.interval_s.min(86_400),
+                    };
+                }
+                self.failures = 0;
+                self.link_proven = true;
+                self.state = LinkState::Online;
+                self.next_poll = now + Duration::from_secs(self.cadence.interval_s);
+            }
+            Err(failure) => {
+                self.link_proven = false;
+                let delay = self.delay_after(failure);
+                self.next_poll = now + delay;
+            }
+        }
+    }
+
+    /// An early flush ended; `ok` false leaves its results for the next poll.
+    pub fn flush_done(&mut self, now: Instant, ok: bool) {
+        self.flush_in_flight = false;
+        if ok && std::mem::take(&mut self.more_ready) {
+            self.results_ready(now);
+        }
+    }
+
+    fn delay_after(&mut self, failure: Failure) -> Duration {
+        match failure {
+            Failure::Refused => {
+                self.state = LinkState::Online;
+                Duration::ZERO
+            }
+            Failure::Auth => {
+                self.failures = self.failures.saturating_add(1);
+                self.state = LinkState::AuthFailed;
+                AUTH_RETRY.max(self.cfg.backoff_max)
+            }
+            Failure::Busy(Some(after)) => {
+                self.failures = self.failures.saturating_add(1);
+                self.state = LinkState::Backoff;
+                after.min(MAX_RETRY_AFTER)
+            }
+            Failure::Busy(None) | Failure::Transient => {
+                self.failures = self.failures.saturating_add(1);
+                self.state = LinkState::Backoff;
+                self.jittered_backoff()
+            }
+        }
+    }
+
+    /// Full jitter: uniform in [0, min(cap, base * 2^(failures-1))].
+    fn jittered_backoff(&mut self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(20);
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1u32 << exp)
+            .min(self.cfg.backoff_max);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(self.rng.u64(0..=ms))
+    }
+}
+
+#[cfg(test)]
+mod tests;

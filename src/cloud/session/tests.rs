@@ -1,0 +1,158 @@
+use std::time::Duration;
+
+use tokio::time::{Instant, advance};
+
+use super::*;
+
+fn cfg() -> SessionConfig {
+    SessionConfig {
+        poll_wait: Duration::from_secs(30),
+        backoff_max: Duration::from_secs(60),
+        linger: Duration::from_millis(20),
+    }
+}
+
+fn session() -> Session {
+    Session::new(cfg(), Instant::now(), fastrand::Rng::with_seed(7))
+}
+
+fn ok_poll(s: &mut Session) {
+    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+    s.poll_done(Instant::now(), Ok(None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_poll_is_immediate_and_alone() {
+    let mut s = session();
+    let now = Instant::now();
+    assert_eq!(
+        s.poll_action(now),
+        Some(Action::Poll {
+            wait: Duration::from_secs(30)
+        })
+    );
+    // While the first poll is in flight nothing else may start, even with results owed:
+    // the connection is not proven yet, and a second request would open a second one.
+    s.results_ready(now);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(s.poll_action(Instant::now()), None);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_poll_repeats_at_once_after_success() {
+    let mut s = session();
+    ok_poll(&mut s);
+    assert_eq!(s.state(), LinkState::Online);
+    assert_eq!(s.poll_timeout(), Some(Instant::now()));
+    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_cadence_steers_wait_and_interval() {
+    let mut s = session();
+    s.poll_action(Instant::now());
+    s.poll_done(
+        Instant::now(),
+        Ok(Some(Cadence {
+            wait_s: 5,
+            interval_s: 10,
+        })),
+    );
+    assert_eq!(s.poll_action(Instant::now()), None);
+    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_secs(10)));
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll {
+            wait: Duration::from_secs(5)
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn linger_batches_results_while_a_poll_is_held() {
+    let mut s = session();
+    ok_poll(&mut s);
+    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), None, "linger not over yet");
+    advance(Duration::from_millis(10)).await;
+    s.results_ready(Instant::now()); // a second result joins the same flush
+    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_millis(10)));
+    advance(Duration::from_millis(10)).await;
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    assert_eq!(s.poll_action(Instant::now()), None, "one flush at a time");
+    // A result during the flush gets its own flush after it.
+    s.results_ready(Instant::now());
+    s.flush_done(Instant::now(), true);
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_with_full_jitter_up_to_the_cap() {
+    let mut s = session();
+    let mut ceilings_seen = Vec::new();
+    for attempt in 1..=12u32 {
+        let start = Instant::now();
+        assert!(matches!(s.poll_action(start), Some(Action::Poll { .. })));
+        s.poll_done(start, Err(Failure::Transient));
+        assert_eq!(s.state(), LinkState::Backoff);
+        assert_eq!(s.failures(), attempt);
+        let delay = s.poll_timeout().expect("a retry is scheduled") - start;
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1 << (attempt - 1))
+            .min(Duration::from_secs(60));
+        assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
+        ceilings_seen.push(delay);
+        advance(delay).await;
+    }
+    // Jitter: the delays are not all at the ceiling.
+    assert!(ceilings_seen.iter().any(|d| *d < Duration::from_secs(30)));
+    // Success resets the count.
+    s.poll_action(Instant::now());
+    s.poll_done(Instant::now(), Ok(None));
+    assert_eq!(s.failures(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_capped() {
+    let mut s = session();
+    s.poll_action(Instant::now());
+    s.poll_done(Instant::now(), Err(Failure::Busy(Some(Duration::from_secs(120)))));
+    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_secs(120)));
+    advance(Duration::from_secs(119)).await;
+    assert_eq!(s.poll_action(Instant::now()), None);
+    advance(Duration::from_secs(1)).await;
+    assert!(s.poll_action(Instant::now()).is_some());
+    s.poll_done(Instant::now(), Err(Failure::Busy(Some(Duration::from_secs(1 << 30)))));
+    assert_eq!(s.poll_timeout(), Some(Instant::now() + MAX_RETRY_AFTER));
+}
+
+#[tokio::test(start_paused = true)]
+async fn auth_failure_retries_slowly() {
+    let mut s = session();
+    s.poll_action(Instant::now());
+    s.poll_done(Instant::now(), Err(Failure::Auth));
+    assert_eq!(s.state(), LinkState::AuthFailed);
+    assert_eq!(s.poll_timeout(), Some(Instant::now() + AUTH_RETRY));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_batch_retries_at_once_and_failure_stops_flushes() {
+    let mut s = session();
+    ok_poll(&mut s);
+    s.poll_action(Instant::now());
+    s.poll_done(Instant::now(), Err(Failure::Refused));
+    assert_eq!(s.poll_timeout(), Some(Instant::now()));
+    // After a transient failure the link is unproven: results wait for the next poll.
+    s.poll_action(Instant::now());
+    s.poll_done(Instant::now(), Err(Failure::Transient));
+    let retry = s.poll_timeout().unwrap();
+    advance(retry - Instant::now()).await;
+    s.poll_action(Instant::now());
+    s.results_ready(Instant::now());
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(s.poll_action(Instant::now()), None);
+}

@@ -1,0 +1,108 @@
+//! Building the cloud HTTP client: rustls on the `ring` provider, HTTP/2 with keep-alive
+//! PINGs, the trust anchors, the optional mTLS identity and the bearer token.
+//!
+//! There is deliberately no switch that disables certificate verification: `cloud.ca_file`
+//! narrows trust to a private CA; without it the system roots are used.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use reqwest::{Certificate, Identity, redirect};
+
+use crate::config::CloudConfig;
+
+/// Why the uplink could not be set up; all are configuration or file problems.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, SetupError> {
+    std::fs::read(path).map_err(|source| SetupError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Installs ring as the process's rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .https_only(true)
+        // A redirect could carry the token to another host; the protocol has none.
+        .redirect(redirect::Policy::none())
+        .user_agent(concat!("tetherd/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(cfg.connect_timeout)
+        .http2_keep_alive_interval(cfg.ping_interval)
+        .http2_keep_alive_timeout(cfg.ping_timeout)
+        .http2_keep_alive_while_idle(true)
+        .tcp_keepalive(Duration::from_secs(30))
+        .pool_max_idle_per_host(1);
+    if let Some(path) = &cfg.ca_file {
+        let certs = Certificate::from_pem_bundle(&read(path)?).map_err(|e| SetupError::Invalid {
+            path: path.clone(),
+            what: format!("not a PEM certificate bundle: {e}"),
+        })?;
+        if certs.is_empty() {
+            return Err(SetupError::Invalid {
+                path: path.clone(),
+                what: "holds no certificate".into(),
+            });
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend_from_slice(&read(key)?);
+        let identity = Identity::from_pem(&pem).map_err(|e| SetupError::Invalid {
+            path: cert.clone(),
+            what: format!("client certificate and key do not form an identity: {e}"),
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| SetupError::Client(e.to_string()))
+}
+
+/// The `Authorization` header value, from `cloud.token_file` or systemd's credential.
+pub fn load_token(cfg: &CloudConfig) -> Result<Option<HeaderValue>, SetupError> {
+    let path = match &cfg.token_file {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if Path::new(&dir).join("token").exists() => Path::new(&dir).join("token"),
+            _ => return Ok(None),
+        },
+    };
+    let raw = read(&path)?;
+    let token = String::from_utf8(raw).map_err(|_| SetupError::Invalid {
+        path: path.clone(),
+        what: "token is not UTF-8".into(),
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(SetupError::Invalid {
+            path,
+            what: "token file is empty".into(),
+        });
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| SetupError::Invalid {
+        path: path.clone(),
+        what: "token holds characters not allowed in an HTTP header".into(),
+    })?;
+    // Keeps it out of HPACK tables and out of `Debug` output.
+    value.set_sensitive(true);
+    Ok(Some(value))
+}

@@ -1,0 +1,165 @@
+//! Protocol v1 message types, shared by the daemon's uplink and the reference cloud.
+//!
+//! `docs/protocol.md` is the normative description; these types follow it. Every type
+//! ignores unknown fields on input so either side can grow the protocol without breaking
+//! the other.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Body of `POST /v1/gateways/{id}/poll`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PollRequest {
+    /// Finished commands whose results the cloud has not acknowledged yet.
+    #[serde(default)]
+    pub results: Vec<CommandResult>,
+    /// Command ids received and not finished: the cloud must not resend them.
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// Unsolicited appliance events and gateway notices.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// How many more commands the gateway accepts now (0: keep them queued).
+    #[serde(default)]
+    pub capacity: u32,
+}
+
+/// Response to a poll.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PollResponse {
+    /// New commands. Kept as raw JSON so one malformed command cannot poison the batch:
+    /// each is parsed on its own and a bad one earns a `rejected` result.
+    #[serde(default)]
+    pub commands: Vec<Value>,
+    /// Command ids whose results the cloud has stored durably.
+    #[serde(default)]
+    pub acked: Vec<String>,
+    /// Server-steered cadence for the next polls.
+    #[serde(default)]
+    pub poll: Option<Cadence>,
+}
+
+/// How the server wants to be polled.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cadence {
+    /// How long the server may hold the next poll, in seconds.
+    pub wait_s: u64,
+    /// Pause between polls, in seconds; 0 means poll again at once (long polling).
+    #[serde(default)]
+    pub interval_s: u64,
+}
+
+/// Body of `POST /v1/gateways/{id}/results` (early flush while a poll is held).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResultsRequest {
+    #[serde(default)]
+    pub results: Vec<CommandResult>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// Response to an early flush.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResultsResponse {
+    #[serde(default)]
+    pub acked: Vec<String>,
+}
+
+/// A command as the cloud sends it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Command {
+    pub id: String,
+    pub target: Target,
+    #[serde(default)]
+    pub payload: Value,
+    /// Time to live, relative to receipt by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long each appliance may take to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Safe to run again after a crash interrupted it.
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+/// Who a command is for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Target {
+    /// One appliance id, or `group:NAME`.
+    One(String),
+    /// Several appliance ids.
+    Many(Vec<String>),
+}
+
+/// Terminal state of a command, or of one target of it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+    Timeout,
+    Unreachable,
+    Expired,
+    Rejected,
+    Interrupted,
+    Partial,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+            Status::Unreachable => "unreachable",
+            Status::Expired => "expired",
+            Status::Rejected => "rejected",
+            Status::Interrupted => "interrupted",
+            Status::Partial => "partial",
+        }
+    }
+}
+
+/// The result of one command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandResult {
+    pub command_id: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Per-target results of a command sent to a list or a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ItemResult>>,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// One target's part of a multi-target result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ItemResult {
+    pub target: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Something the cloud should know that is not a command result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// The appliance it concerns; absent for gateway-wide notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<String>,
+    /// `event` (published by the appliance), `online`, `offline`, `denied`
+    /// (an access-control refusal), `malformed`, `dropped` (events lost at the bound).
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Value,
+}

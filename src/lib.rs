@@ -1,0 +1,27 @@
+//! Tether: an inside-out edge gateway.
+//!
+//! `tetherd` keeps one outbound HTTPS long poll to the cloud and fans the commands it
+//! receives out to LAN appliances; results travel back in the next poll. Data flow:
+//!
+//! ```text
+//! cloud::driver (reqwest) --commands--> router --jobs--> transport::mqtt --> appliances
+//!        ^                                 |
+//!        +------- outbox <---results-------+ <--results/events-- transport::mqtt
+//! ```
+//!
+//! - [`config`]: the TOML file, parsed strictly.
+//! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`])
+//!   and the HTTP driver ([`cloud::driver`]).
+//! - [`router`]: targets, groups, per-appliance order, TTLs, aggregation.
+//! - [`transport`]: the appliance side; [`transport::mqtt`] is the daemon's own endpoint.
+//! - [`outbox`]: results and events owed to the cloud.
+//! - [`app`]: wiring, signals and ordered shutdown.
+
+pub mod app;
+pub mod cloud;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod outbox;
+pub mod router;
+pub mod transport;

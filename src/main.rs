@@ -1,0 +1,133 @@
+//! `tetherd`: the command line.
+//!
+//! `tetherd [--config PATH]` runs the daemon; `check-config` validates a file and exits 78
+//! (EX_CONFIG) listing every problem; `demo` runs a self-contained round trip. Config
+//! errors are printed before the daemon starts, and exit 78 so systemd does not restart
+//! a daemon that cannot work (`RestartPreventExitStatus=78`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tether::app::{App, StartError};
+use tether::config::{Config, ConfigError};
+
+/// sysexits.h EX_CONFIG.
+const EX_CONFIG: u8 = 78;
+/// sysexits.h EX_OSERR: systemd may restart (a port still held, say).
+const EX_OSERR: u8 = 71;
+/// sysexits.h EX_SOFTWARE.
+const EX_SOFTWARE: u8 = 70;
+
+#[derive(Parser)]
+#[command(name = "tetherd", version, about = "Tether edge gateway daemon")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "/etc/tether/config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the configuration file and exit (0: valid, 78: invalid).
+    CheckConfig,
+    /// Run a local devcloud, the daemon and simulated appliances, and show round trips.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::CheckConfig) => check_config(&cli.config),
+        Some(Cmd::Demo) => {
+            tether::logging::init(log::LevelFilter::Warn);
+            runtime_then(tether::demo::run())
+        }
+        None => {
+            tether::logging::init(log::LevelFilter::Info);
+            let config = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime_then(run(config))
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    match Config::load(path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            report(&e);
+            Err(ExitCode::from(EX_CONFIG))
+        }
+    }
+}
+
+fn report(e: &ConfigError) {
+    eprintln!("tetherd: {e}");
+    if let ConfigError::Invalid { path, problems } = e {
+        for p in problems {
+            eprintln!("  {}: {p}", path.display());
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok (gateway {}, {} appliance(s), {} group(s))",
+                path.display(),
+                c.gateway.id,
+                c.appliances.len(),
+                c.groups.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn runtime_then(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("tetherd: cannot start the async runtime: {e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let app = match App::start(&config).await {
+        Ok(app) => app,
+        Err(e @ StartError::Uplink(_)) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    wait_for_stop_signal().await;
+    log::info!("stopping");
+    app.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        log::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

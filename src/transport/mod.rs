@@ -1,0 +1,74 @@
+//! Transports: how a command reaches an appliance and how its answer comes back.
+//!
+//! The router hands each (command, appliance) pair to [`Transports::execute`] and gets
+//! one [`Outcome`]. Each transport owns its own connections and correlation; the router
+//! knows nothing about MQTT topics or GATT characteristics.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cloud::wire::Status;
+use crate::config::TransportKind;
+
+pub mod mqtt;
+
+/// One command for one appliance.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// Sent to the appliance so it can deduplicate too.
+    pub command_id: String,
+    pub payload: Value,
+    /// How long the appliance may take to answer.
+    pub timeout: Duration,
+}
+
+/// How one appliance's part of a command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The appliance answered ok, with an optional payload.
+    Ok(Option<Value>),
+    /// The appliance answered with an error, or the transport failed after sending.
+    Error(String),
+    /// No answer within the timeout.
+    Timeout,
+    /// The command was not sent: the appliance is not connected or reported offline.
+    Unreachable(String),
+    /// The link dropped after the command was sent: it may or may not have acted.
+    Interrupted(String),
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Ok(_) => Status::Ok,
+            Outcome::Error(_) => Status::Error,
+            Outcome::Timeout => Status::Timeout,
+            Outcome::Unreachable(_) => Status::Unreachable,
+            Outcome::Interrupted(_) => Status::Interrupted,
+        }
+    }
+
+    /// Splits into the result's payload and error text.
+    pub fn into_parts(self) -> (Option<Value>, Option<String>) {
+        match self {
+            Outcome::Ok(payload) => (payload, None),
+            Outcome::Error(e) | Outcome::Unreachable(e) | Outcome::Interrupted(e) => (None, Some(e)),
+            Outcome::Timeout => (None, Some("no answer before the timeout".into())),
+        }
+    }
+}
+
+/// Handles to every running transport; cheap to clone.
+#[derive(Clone)]
+pub struct Transports {
+    pub mqtt: mqtt::MqttHandle,
+}
+
+impl Transports {
+    pub async fn execute(&self, kind: TransportKind, appliance: &str, dispatch: Dispatch) -> Outcome {
+        match kind {
+            TransportKind::Mqtt => self.mqtt.execute(appliance, dispatch).await,
+        }
+    }
+}

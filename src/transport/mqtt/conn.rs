@@ -1,0 +1,297 @@
+//! One appliance connection, from CONNECT to close.
+//!
+//! Spawned per accepted socket by the endpoint's accept loop. It authenticates the CONNECT
+//! (within `connect_timeout`), attaches to the [`Hub`], then loops: decode packets from the
+//! socket (each bounded by the packet size limit), pass PUBLISHes to the hub, answer
+//! SUBSCRIBEs by the topic contract, write the commands the hub hands over, and enforce the
+//! keep-alive. Every exit detaches from the hub, which publishes the will if the client
+//! went away without DISCONNECT.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, SubAck,
+    SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{self, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Hub, ToConn};
+use super::topic;
+
+/// A client that cannot take a packet within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands queued for one connection before `execute` reports it as not reading.
+pub const OUTBOUND_QUEUE: usize = 64;
+/// QoS 2 publishes awaiting PUBREL, per connection.
+const MAX_AWAITING_REL: usize = 64;
+
+/// Limits for a connection, from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_packet: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("connection closed")]
+    Eof,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] mqttbytes::Error),
+    #[error("{0}")]
+    Violation(&'static str),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Serves one accepted socket until it closes, is kicked, or the endpoint shuts down.
+pub async fn serve<S>(stream: S, peer: SocketAddr, hub: Arc<Hub>, limits: Limits, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut conn = Conn {
+        rd,
+        wr,
+        rbuf: BytesMut::with_capacity(1024),
+        wbuf: BytesMut::with_capacity(1024),
+        limits,
+        hub,
+    };
+    let connect = match timeout(conn.limits.connect_timeout, conn.read_packet()).await {
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(_)) => return log::debug!("{peer}: first packet was not CONNECT; closed"),
+        Ok(Err(ConnError::Protocol(mqttbytes::Error::InvalidProtocolLevel(level)))) => {
+            log::info!("{peer}: MQTT protocol level {level} is not supported; refused");
+            let _ = conn.refuse(ConnectReturnCode::RefusedProtocolVersion).await;
+            return;
+        }
+        Ok(Err(e)) => return log::debug!("{peer}: closed before CONNECT: {e}"),
+        Err(_) => return log::debug!("{peer}: no CONNECT within the connect timeout; closed"),
+    };
+    let password = connect.login.as_ref().map(|l| l.password.as_str());
+    let username = connect.login.as_ref().map(|l| l.username.as_str());
+    if !conn.hub.authenticate(&connect.client_id, username, password) {
+        let n = conn.hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        // The claimed id is logged, the password never is.
+        log::warn!(count = n; "{peer}: CONNECT refused for client id {:?}: not authorized", connect.client_id);
+        let _ = conn.refuse(ConnectReturnCode::NotAuthorized).await;
+        return;
+    }
+    conn.run(connect, peer, shutdown).await;
+}
+
+struct Conn<S> {
+    rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    limits: Limits,
+    hub: Arc<Hub>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    async fn run(&mut self, connect: Connect, peer: SocketAddr, shutdown: CancellationToken) {
+        let id = connect.client_id.clone();
+        let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let kick = CancellationToken::new();
+        let attached = self.hub.attach(&id, connect.clean_session, tx, kick.clone());
+        log::info!(appliance = id.as_str(), transport = "mqtt"; "{peer}: connected");
+        let mut session = Session {
+            id: id.clone(),
+            keep_alive: match connect.keep_alive {
+                0 => self.limits.idle_timeout,
+                // The spec allows one and a half keep-alive periods of silence.
+                s => Duration::from_millis(u64::from(s) * 1500),
+            },
+            next_pkid: 1,
+            awaiting_rel: HashSet::new(),
+        };
+        let mut will = connect.last_will;
+        let ack = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, attached.session_present));
+        let result = match self.write(&ack).await {
+            Ok(()) => self.serve(&mut session, &mut rx, &kick, &shutdown).await,
+            Err(e) => Err(e),
+        };
+        let reason = match &result {
+            Ok(Exit::Disconnect) => {
+                will = None; // a clean DISCONNECT discards the will
+                "disconnected".to_owned()
+            }
+            Ok(Exit::Kicked) => "replaced by a new connection".to_owned(),
+            Ok(Exit::Shutdown) => "endpoint shutting down".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        log::info!(appliance = id.as_str(), transport = "mqtt"; "{peer}: closed: {reason}");
+        let _ = self.wr.shutdown().await;
+        self.hub.detach(&id, attached.generation, will);
+    }
+
+    async fn serve(
+        &mut self,
+        session: &mut Session,
+        rx: &mut mpsc::Receiver<ToConn>,
+        kick: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Exit, ConnError> {
+        let mut deadline = Instant::now() + session.keep_alive;
+        loop {
+            while let Some(packet) = self.decode()? {
+                deadline = Instant::now() + session.keep_alive;
+                if let Some(exit) = self.handle(session, packet).await? {
+                    return Ok(exit);
+                }
+            }
+            tokio::select! {
+                _ = kick.cancelled() => return Ok(Exit::Kicked),
+                _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
+                msg = rx.recv() => match msg {
+                    Some(ToConn::Publish(mut publish)) => {
+                        if publish.qos != QoS::AtMostOnce {
+                            publish.pkid = session.pkid();
+                        }
+                        self.write(&Packet::Publish(publish)).await?;
+                    }
+                    None => return Ok(Exit::Shutdown),
+                },
+                n = self.rd.read_buf(&mut self.rbuf) => {
+                    if n? == 0 {
+                        return Err(ConnError::Eof);
+                    }
+                }
+                _ = sleep_until(deadline) => return Err(ConnError::Timeout),
+            }
+        }
+    }
+
+    async fn handle(&mut self, s: &mut Session, packet: Packet) -> Result<Option<Exit>, ConnError> {
+        match packet {
+            Packet::PingReq => self.write(&Packet::PingResp).await?,
+            Packet::Disconnect => return Ok(Some(Exit::Disconnect)),
+            Packet::Connect(_) => return Err(ConnError::Violation("second CONNECT")),
+            Packet::Subscribe(sub) => {
+                let prefix = self.hub.prefix().to_owned();
+                let mut codes = Vec::with_capacity(sub.filters.len());
+                for f in &sub.filters {
+                    if topic::may_subscribe(&prefix, &s.id, &f.path) {
+                        // Commands go out at QoS 1 at most.
+                        let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                        self.hub.subscribed(&s.id, Some(qos));
+                        codes.push(SubscribeReasonCode::Success(qos));
+                    } else {
+                        self.hub.deny(&s.id, &format!("subscribe to {:?}", f.path));
+                        codes.push(SubscribeReasonCode::Failure);
+                    }
+                }
+                self.write(&Packet::SubAck(SubAck::new(sub.pkid, codes))).await?;
+            }
+            Packet::Unsubscribe(unsub) => {
+                let own = topic::cmd_topic(self.hub.prefix(), &s.id);
+                if unsub.topics.iter().any(|t| *t == own) {
+                    self.hub.subscribed(&s.id, None);
+                }
+                self.write(&Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await?;
+            }
+            Packet::Publish(p) => match p.qos {
+                QoS::AtMostOnce => self.hub.publish(&s.id, &p.topic, &p.payload),
+                QoS::AtLeastOnce => {
+                    self.hub.publish(&s.id, &p.topic, &p.payload);
+                    self.write(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+                }
+                QoS::ExactlyOnce => {
+                    // Deliver on first receipt; a resend before PUBREL is a duplicate.
+                    if !s.awaiting_rel.contains(&p.pkid) {
+                        if s.awaiting_rel.len() >= MAX_AWAITING_REL {
+                            return Err(ConnError::Violation("too many QoS 2 publishes in flight"));
+                        }
+                        s.awaiting_rel.insert(p.pkid);
+                        self.hub.publish(&s.id, &p.topic, &p.payload);
+                    }
+                    self.write(&Packet::PubRec(PubRec::new(p.pkid))).await?;
+                }
+            },
+            Packet::PubRel(rel) => {
+                s.awaiting_rel.remove(&rel.pkid);
+                self.write(&Packet::PubComp(PubComp::new(rel.pkid))).await?;
+            }
+            // Acks of our QoS 1 commands: MQTT 3.1.1 resends only on reconnect, and a
+            // command cut off by a reconnect is reported `interrupted`, so nothing to track.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return Err(ConnError::Violation("server-only packet from a client"));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decodes one complete packet from the read buffer, if there is one.
+    fn decode(&mut self) -> Result<Option<Packet>, ConnError> {
+        match Packet::read(&mut self.rbuf, self.limits.max_packet) {
+            Ok(p) => Ok(Some(p)),
+            Err(mqttbytes::Error::InsufficientBytes(n)) => {
+                self.rbuf.reserve(n);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_packet(&mut self) -> Result<Packet, ConnError> {
+        loop {
+            if let Some(p) = self.decode()? {
+                return Ok(p);
+            }
+            if self.rd.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ConnError::Eof);
+            }
+        }
+    }
+
+    async fn write(&mut self, packet: &Packet) -> Result<(), ConnError> {
+        self.wbuf.clear();
+        packet.write(&mut self.wbuf, self.limits.max_packet)?;
+        match timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    async fn refuse(&mut self, code: ConnectReturnCode) -> Result<(), ConnError> {
+        self.write(&Packet::ConnAck(ConnAck::new(code, false))).await?;
+        let _ = self.wr.shutdown().await;
+        Ok(())
+    }
+}
+
+enum Exit {
+    Disconnect,
+    Kicked,
+    Shutdown,
+}
+
+struct Session {
+    id: String,
+    keep_alive: Duration,
+    next_pkid: u16,
+    awaiting_rel: HashSet<u16>,
+}
+
+impl Session {
+    fn pkid(&mut self) -> u16 {
+        let id = self.next_pkid;
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        id
+    }
+}

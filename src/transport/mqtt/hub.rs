@@ -1,0 +1,340 @@
+//! The hub: what the endpoint knows about each configured MQTT appliance.
+//!
+//! Connection tasks (`conn.rs`) attach, report subscriptions, presence, results, events and
+//! violations here; [`Hub::execute`] (called by the router through `MqttHandle`) looks an
+//! appliance up, hands the command to its connection and waits for the correlated result.
+//! All state sits behind one std `Mutex`, held only for map updates, never across `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{LastWill, Publish};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::topic::{self, ResultMessage};
+use crate::cloud::wire::Event;
+use crate::outbox::Outbox;
+use crate::transport::{Dispatch, Outcome};
+
+/// Counters of what the endpoint refused or could not use; each is also logged.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub auth_failures: AtomicU64,
+    pub denied: AtomicU64,
+    pub malformed: AtomicU64,
+    pub unknown_results: AtomicU64,
+    pub connections_refused: AtomicU64,
+}
+
+/// What the hub asks of a connection task.
+#[derive(Debug)]
+pub enum ToConn {
+    Publish(Publish),
+}
+
+pub struct Hub {
+    prefix: String,
+    max_payload: usize,
+    passwords: HashMap<String, String>,
+    slots: Mutex<HashMap<String, Slot>>,
+    outbox: Arc<Outbox>,
+    next_generation: AtomicU64,
+    pub stats: Stats,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<ConnRef>,
+    /// The appliance said `offline` on its status topic (or its will did).
+    reported_offline: bool,
+    /// QoS granted on its `cmd` subscription.
+    subscription: Option<QoS>,
+    /// Keep the subscription across reconnects (clean_session = false).
+    persistent: bool,
+    /// Commands sent and not answered, by command id.
+    waiting: HashMap<String, oneshot::Sender<Outcome>>,
+}
+
+struct ConnRef {
+    tx: mpsc::Sender<ToConn>,
+    kick: CancellationToken,
+    generation: u64,
+}
+
+/// What `attach` tells the new connection.
+pub struct Attached {
+    pub generation: u64,
+    pub session_present: bool,
+}
+
+impl Hub {
+    pub fn new(
+        prefix: String,
+        max_payload: usize,
+        passwords: HashMap<String, String>,
+        outbox: Arc<Outbox>,
+    ) -> Hub {
+        let slots = passwords.keys().map(|id| (id.clone(), Slot::default())).collect();
+        Hub {
+            prefix,
+            max_payload,
+            passwords,
+            slots: Mutex::new(slots),
+            outbox,
+            next_generation: AtomicU64::new(1),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a CONNECT's identity: username = client id = a configured appliance, and
+    /// its password. Compares in constant time so timing reveals nothing of the password.
+    pub fn authenticate(&self, client_id: &str, username: Option<&str>, password: Option<&str>) -> bool {
+        let (Some(user), Some(pass)) = (username, password) else {
+            return false;
+        };
+        if user != client_id {
+            return false;
+        }
+        match self.passwords.get(user) {
+            Some(expected) => constant_time_eq(expected.as_bytes(), pass.as_bytes()),
+            None => false,
+        }
+    }
+
+    /// Registers a new connection for `id`, kicking any older one (session takeover).
+    pub fn attach(
+        &self,
+        id: &str,
+        clean_session: bool,
+        tx: mpsc::Sender<ToConn>,
+        kick: CancellationToken,
+    ) -> Attached {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.lock();
+        let slot = slots.entry(id.to_owned()).or_default();
+        if let Some(old) = slot.conn.take() {
+            log::info!(appliance = id; "new connection replaces the previous one");
+            old.kick.cancel();
+        }
+        let session_present = !clean_session && slot.persistent && slot.subscription.is_some();
+        if !session_present {
+            slot.subscription = None;
+        }
+        slot.persistent = !clean_session;
+        slot.reported_offline = false;
+        slot.conn = Some(ConnRef {
+            tx,
+            kick,
+            generation,
+        });
+        drop(slots);
+        self.presence(id, "online");
+        Attached {
+            generation,
+            session_present,
+        }
+    }
+
+    /// A connection ended. Its will is published if it ended without DISCONNECT; commands
+    /// waiting on it are interrupted (they were sent; the appliance may have acted).
+    pub fn detach(&self, id: &str, generation: u64, will: Option<LastWill>) {
+        let waiting = {
+            let mut slots = self.lock();
+            let Some(slot) = slots.get_mut(id) else { return };
+            if slot.conn.as_ref().map(|c| c.generation) != Some(generation) {
+                return; // already replaced by a newer connection
+            }
+            slot.conn = None;
+            if !slot.persistent {
+                slot.subscription = None;
+            }
+            std::mem::take(&mut slot.waiting)
+        };
+        if let Some(will) = will {
+            self.publish(id, &will.topic, &will.message);
+        }
+        for (_, tx) in waiting {
+            let _ = tx.send(Outcome::Interrupted(
+                "appliance disconnected before answering".into(),
+            ));
+        }
+        self.presence(id, "offline");
+    }
+
+    pub fn subscribed(&self, id: &str, qos: Option<QoS>) {
+        if let Some(slot) = self.lock().get_mut(id) {
+            slot.subscription = qos;
+        }
+    }
+
+    /// An allowed or denied PUBLISH from appliance `id`.
+    pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) {
+        match topic::classify_publish(&self.prefix, id, topic_name) {
+            None => self.deny(id, &format!("publish to {topic_name:?}")),
+            Some(topic::Inbound::Result) => self.result(id, payload),
+            Some(topic::Inbound::Status) => match payload {
+                b"online" => self.set_reported_offline(id, false),
+                b"offline" => self.set_reported_offline(id, true),
+                _ => self.malformed(id, "status must be \"online\" or \"offline\""),
+            },
+            Some(topic::Inbound::Events) => match serde_json::from_slice::<Value>(payload) {
+                Ok(payload) => self.outbox.push_event(Event {
+                    appliance: Some(id.to_owned()),
+                    kind: "event".into(),
+                    payload,
+                }),
+                Err(e) => self.malformed(id, &format!("event is not JSON: {e}")),
+            },
+        }
+    }
+
+    fn result(&self, id: &str, payload: &[u8]) {
+        let msg: ResultMessage = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
+        };
+        let waiter = self.lock().get_mut(id).and_then(|s| s.waiting.remove(&msg.id));
+        let Some(tx) = waiter else {
+            let n = self.stats.unknown_results.fetch_add(1, Ordering::Relaxed) + 1;
+            log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
+                "result for a command that is not waiting (late, repeated or unknown); dropped");
+            return;
+        };
+        let outcome = if msg.ok {
+            Outcome::Ok(msg.payload)
+        } else {
+            Outcome::Error(msg.error.unwrap_or_else(|| "appliance reported failure".into()))
+        };
+        let _ = tx.send(outcome);
+    }
+
+    fn set_reported_offline(&self, id: &str, offline: bool) {
+        let changed = match self.lock().get_mut(id) {
+            Some(slot) if slot.reported_offline != offline => {
+                slot.reported_offline = offline;
+                slot.conn.is_some()
+            }
+            _ => false,
+        };
+        if changed {
+            self.presence(id, if offline { "offline" } else { "online" });
+        }
+    }
+
+    fn presence(&self, id: &str, kind: &str) {
+        log::info!(appliance = id, transport = "mqtt"; "appliance {kind}");
+        self.outbox.push_event(Event {
+            appliance: Some(id.to_owned()),
+            kind: kind.to_owned(),
+            payload: Value::Null,
+        });
+    }
+
+    /// An access-control refusal: counted, logged and reported upstream.
+    pub fn deny(&self, id: &str, what: &str) {
+        let n = self.stats.denied.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!(appliance = id, count = n; "denied {what}: outside the appliance's own topics");
+        self.outbox.push_event(Event {
+            appliance: Some(id.to_owned()),
+            kind: "denied".into(),
+            payload: json!({ "what": what }),
+        });
+    }
+
+    pub fn malformed(&self, id: &str, what: &str) {
+        let n = self.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!(appliance = id, count = n; "malformed message: {what}");
+        self.outbox.push_event(Event {
+            appliance: Some(id.to_owned()),
+            kind: "malformed".into(),
+            payload: json!({ "error": what }),
+        });
+    }
+
+    /// Sends one command to appliance `id` and waits for its result.
+    pub async fn execute(&self, id: &str, dispatch: Dispatch) -> Outcome {
+        let body = json!({ "id": dispatch.command_id, "payload": dispatch.payload });
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) if b.len() <= self.max_payload => b,
+            _ => {
+                return Outcome::Error(format!(
+                    "command does not fit the MQTT payload limit of {} bytes",
+                    self.max_payload
+                ));
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let conn = {
+            let mut slots = self.lock();
+            let Some(slot) = slots.get_mut(id) else {
+                return Outcome::Unreachable("not an MQTT appliance".into());
+            };
+            let Some(conn) = &slot.conn else {
+                return Outcome::Unreachable("appliance is not connected".into());
+            };
+            if slot.reported_offline {
+                return Outcome::Unreachable("appliance reported offline".into());
+            }
+            let Some(qos) = slot.subscription else {
+                return Outcome::Unreachable("appliance is not subscribed to its cmd topic".into());
+            };
+            let conn_tx = conn.tx.clone();
+            slot.waiting.insert(dispatch.command_id.clone(), tx);
+            (conn_tx, qos)
+        };
+        let (conn_tx, qos) = conn;
+        let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
+        if let Err(e) = conn_tx.try_send(ToConn::Publish(publish)) {
+            self.forget(id, &dispatch.command_id);
+            return match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Outcome::Unreachable("appliance is not reading its connection".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Outcome::Unreachable("appliance disconnected".into())
+                }
+            };
+        }
+        match tokio::time::timeout(dispatch.timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::Interrupted("endpoint shut down before the answer".into()),
+            Err(_) => {
+                self.forget(id, &dispatch.command_id);
+                Outcome::Timeout
+            }
+        }
+    }
+
+    fn forget(&self, id: &str, command_id: &str) {
+        if let Some(slot) = self.lock().get_mut(id) {
+            slot.waiting.remove(command_id);
+        }
+    }
+
+    /// Appliances connected and not reporting offline.
+    pub fn online(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.conn.is_some() && !s.reported_offline)
+            .count()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

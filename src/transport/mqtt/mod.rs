@@ -1,0 +1,124 @@
+//! The daemon's own MQTT endpoint for appliances (MQTT 3.1.1).
+//!
+//! Not a general broker: every client is a configured appliance, authenticated by
+//! username = client id = appliance id and its password, and the topic contract in
+//! [`topic`] is the access-control list. [`start`] binds the listener (before the daemon
+//! reports ready) and runs the accept loop; each socket gets its own task (`conn.rs`) with
+//! TCP_NODELAY, a CONNECT timeout and bounded buffers. The router reaches appliances
+//! through the cloneable [`MqttHandle`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, TransportKind};
+use crate::outbox::Outbox;
+use crate::transport::{Dispatch, Outcome};
+
+mod conn;
+pub mod hub;
+pub mod topic;
+
+pub use hub::Stats;
+
+/// Bytes of MQTT framing allowed on top of `max_payload` (fixed header, topic, packet id).
+const FRAMING_ALLOWANCE: usize = 1024;
+
+/// Cloneable handle to the endpoint.
+#[derive(Clone)]
+pub struct MqttHandle {
+    hub: Arc<hub::Hub>,
+}
+
+impl MqttHandle {
+    /// Sends a command to one appliance and waits for its result.
+    pub async fn execute(&self, appliance: &str, dispatch: Dispatch) -> Outcome {
+        self.hub.execute(appliance, dispatch).await
+    }
+
+    /// Appliances connected and not reporting offline.
+    pub fn online(&self) -> usize {
+        self.hub.online()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.hub.stats
+    }
+}
+
+/// Binds `mqtt.listen` and starts accepting appliances on `tracker` until `cancel`.
+pub async fn start(
+    config: &Config,
+    outbox: Arc<Outbox>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> std::io::Result<(MqttHandle, SocketAddr)> {
+    let m = &config.mqtt;
+    let passwords: HashMap<String, String> = config
+        .appliances
+        .iter()
+        .filter(|a| a.transport == TransportKind::Mqtt)
+        .filter_map(|a| Some((a.id.clone(), a.password.clone()?)))
+        .collect();
+    let hub = Arc::new(hub::Hub::new(
+        m.topic_prefix.clone(),
+        m.max_payload,
+        passwords,
+        outbox,
+    ));
+    let listener = TcpListener::bind(m.listen).await?;
+    let local = listener.local_addr()?;
+    let limits = conn::Limits {
+        max_packet: m.max_payload + FRAMING_ALLOWANCE,
+        connect_timeout: m.connect_timeout,
+        idle_timeout: m.idle_timeout,
+    };
+    let slots = Arc::new(Semaphore::new(m.max_connections));
+    let accept = accept_loop(listener, hub.clone(), limits, slots, tracker.clone(), cancel);
+    tracker.spawn(accept);
+    Ok((MqttHandle { hub }, local))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<hub::Hub>,
+    limits: conn::Limits,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning on the error.
+                log::warn!("mqtt accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let n = hub.stats.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            log::warn!(count = n; "{peer}: refused: mqtt.max_connections reached");
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("{peer}: set_nodelay: {e}");
+        }
+        let (hub, limits, cancel) = (hub.clone(), limits.clone(), cancel.clone());
+        tracker.spawn(async move {
+            conn::serve(stream, peer, hub, limits, cancel).await;
+            drop(permit);
+        });
+    }
+}
