@@ -98,6 +98,9 @@ impl App {
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        log::info!("stopped; {} result(s) still owed to the cloud", self.outbox.owed());
+        log::info!(
+            "stopped; {} result(s) still owed to the cloud",
+            self.outbox.owed()
+        );
     }
 }

@@ -338,7 +338,11 @@ impl Config {
                             }
                         }
                     }
-                    _ => doc.problem(name, value.span(), "must be an array of tables ([[appliance]])"),
+                    _ => doc.problem(
+                        name,
+                        value.span(),
+                        "must be an array of tables ([[appliance]])",
+                    ),
                 },
                 other => doc.problem(
                     other,
@@ -397,7 +401,11 @@ struct Doc<'t> {
 impl Doc<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn problem(&mut self, key: &str, span: Range<usize>, message: impl Into<String>) {
@@ -411,7 +419,11 @@ impl Doc<'_> {
 
     /// Deserializes one section on its own, so that a problem in one section does not hide
     /// the problems of the others.
-    fn section<T: DeserializeOwned>(&mut self, key: &str, value: &Spanned<DeValue<'_>>) -> Option<T> {
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
         let de = ValueDeserializer::from(value.clone());
         match T::deserialize(de) {
             Ok(v) => Some(v),
@@ -451,7 +463,11 @@ fn find_span(root: &DeTable<'_>, path: &[&str]) -> Range<usize> {
     let Some((key, mut value)) = root.iter().find(|(k, _)| k.get_ref() == *first) else {
         return 0..0;
     };
-    let mut span = if rest.is_empty() { key.span() } else { value.span() };
+    let mut span = if rest.is_empty() {
+        key.span()
+    } else {
+        value.span()
+    };
     for (i, part) in rest.iter().enumerate() {
         let last = i + 1 == rest.len();
         match value.get_ref() {
@@ -504,7 +520,10 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
             );
         }
         if c.client_cert.is_some() != c.client_key.is_some() {
-            self.err(&["cloud", "client_cert"], "client_cert and client_key go together");
+            self.err(
+                &["cloud", "client_cert"],
+                "client_cert and client_key go together",
+            );
         }
         if c.poll_wait > Duration::from_secs(3600) {
             self.err(&["cloud", "poll_wait"], "must be at most 1h");
@@ -538,13 +557,19 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
             self.err(&["mqtt", "topic_prefix"], e);
         }
         if !(16..=256 * 1024 * 1024).contains(&m.max_payload) {
-            self.err(&["mqtt", "max_payload"], "must be between 16 and 268435456 bytes");
+            self.err(
+                &["mqtt", "max_payload"],
+                "must be between 16 and 268435456 bytes",
+            );
         }
         if m.max_connections == 0 {
             self.err(&["mqtt", "max_connections"], "must be at least 1");
         }
         if m.connect_timeout.is_zero() || m.idle_timeout.is_zero() {
-            self.err(&["mqtt"], "connect_timeout and idle_timeout must be greater than 0");
+            self.err(
+                &["mqtt"],
+                "connect_timeout and idle_timeout must be greater than 0",
+            );
         }
     }
 
@@ -553,10 +578,16 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
             self.err(&["router", "default_timeout"], "must be greater than 0");
         }
         if r.max_timeout < r.default_timeout {
-            self.err(&["router", "max_timeout"], "must not be less than default_timeout");
+            self.err(
+                &["router", "max_timeout"],
+                "must not be less than default_timeout",
+            );
         }
         if r.max_pending == 0 || r.max_queue_per_appliance == 0 {
-            self.err(&["router"], "max_pending and max_queue_per_appliance must be at least 1");
+            self.err(
+                &["router"],
+                "max_pending and max_queue_per_appliance must be at least 1",
+            );
         }
     }
 
@@ -568,12 +599,16 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
                 self.err(&["appliance", &idx, "id"], e);
             }
             if !seen.insert(a.id.as_str()) {
-                self.err(&["appliance", &idx, "id"], format!("duplicate appliance id {:?}", a.id));
+                self.err(
+                    &["appliance", &idx, "id"],
+                    format!("duplicate appliance id {:?}", a.id),
+                );
             }
             match (a.transport, &a.password) {
-                (TransportKind::Mqtt, None) => {
-                    self.err(&["appliance", &idx, "password"], "required for MQTT appliances")
-                }
+                (TransportKind::Mqtt, None) => self.err(
+                    &["appliance", &idx, "password"],
+                    "required for MQTT appliances",
+                ),
                 (TransportKind::Mqtt, Some(p)) if p.is_empty() => {
                     self.err(&["appliance", &idx, "password"], "must not be empty")
                 }
@@ -582,7 +617,11 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
         }
     }
 
-    fn groups(&mut self, groups: &BTreeMap<String, Vec<String>>, list: &[(usize, ApplianceConfig)]) {
+    fn groups(
+        &mut self,
+        groups: &BTreeMap<String, Vec<String>>,
+        list: &[(usize, ApplianceConfig)],
+    ) {
         for (name, members) in groups {
             if let Err(e) = check_id(name) {
                 self.err(&["groups", name], e);
@@ -623,7 +662,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(format!("{id:?} may use only letters, digits, '-', '_' and '.'"));
+        return Err(format!(
+            "{id:?} may use only letters, digits, '-', '_' and '.'"
+        ));
     }
     Ok(())
 }

@@ -90,7 +90,10 @@ lights = ["lamp-1", "lamp-2"]
     for id in ONLINE {
         spawn_appliance(id, app.mqtt_addr.port()).await?;
     }
-    println!("  appliances {} online, sensor-9 offline", ONLINE.join(", "));
+    println!(
+        "  appliances {} online, sensor-9 offline",
+        ONLINE.join(", ")
+    );
     println!();
     // Plain HTTP to the admin API; trusting only the devcloud CA keeps the OS store out of it.
     let ca = std::fs::read(dir.join("certs/ca.pem")).map_err(|e| e.to_string())?;
@@ -100,13 +103,31 @@ lights = ["lamp-1", "lamp-2"]
         .build()
         .map_err(|e| e.to_string())?;
     let steps = [
-        ("one appliance", json!({"target": "lamp-1", "payload": {"power": "on"}})),
-        ("a group", json!({"target": "group:lights", "payload": {"power": "off"}})),
-        ("a list", json!({"target": ["lamp-2", "thermostat-1"], "payload": {"ping": true}})),
-        ("an offline appliance", json!({"target": "sensor-9", "payload": {"read": "temp"}})),
-        ("an unknown appliance", json!({"target": "toaster", "payload": {}})),
+        (
+            "one appliance",
+            json!({"target": "lamp-1", "payload": {"power": "on"}}),
+        ),
+        (
+            "a group",
+            json!({"target": "group:lights", "payload": {"power": "off"}}),
+        ),
+        (
+            "a list",
+            json!({"target": ["lamp-2", "thermostat-1"], "payload": {"ping": true}}),
+        ),
+        (
+            "an offline appliance",
+            json!({"target": "sensor-9", "payload": {"read": "temp"}}),
+        ),
+        (
+            "an unknown appliance",
+            json!({"target": "toaster", "payload": {}}),
+        ),
     ];
-    println!("{:<22} {:<6} {:<12} {:>9}  detail", "command to", "id", "status", "latency");
+    println!(
+        "{:<22} {:<6} {:<12} {:>9}  detail",
+        "command to", "id", "status", "latency"
+    );
     for (what, cmd) in steps {
         let start = Instant::now();
         let id = enqueue(&http, admin, &cmd).await?;
@@ -124,7 +145,11 @@ lights = ["lamp-1", "lamp-2"]
     println!();
     println!(
         "cloud link: {} TCP connection(s), {} TLS handshake(s), {} poll(s), {} early flush(es), HTTP/2 requests: {}",
-        stats["connections"], stats["tls_handshakes"], stats["polls"], stats["results_posts"], stats["requests_http2"]
+        stats["connections"],
+        stats["tls_handshakes"],
+        stats["polls"],
+        stats["results_posts"],
+        stats["requests_http2"]
     );
     app.shutdown().await;
     Ok(())
@@ -134,7 +159,13 @@ fn detail(result: &Value) -> String {
     if let Some(items) = result["items"].as_array() {
         let parts: Vec<String> = items
             .iter()
-            .map(|i| format!("{}={}", i["target"].as_str().unwrap_or("?"), i["status"].as_str().unwrap_or("?")))
+            .map(|i| {
+                format!(
+                    "{}={}",
+                    i["target"].as_str().unwrap_or("?"),
+                    i["status"].as_str().unwrap_or("?")
+                )
+            })
             .collect();
         return parts.join(" ");
     }
@@ -159,14 +190,23 @@ fn devcloud_binary() -> DemoResult<PathBuf> {
 
 async fn start_devcloud(dir: &Path) -> DemoResult<(Child, String, String)> {
     let mut child = Command::new(devcloud_binary()?)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--cert-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--cert-dir",
+        ])
         .arg(dir.join("certs"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start tether-devcloud: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout from tether-devcloud")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("no stdout from tether-devcloud")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
@@ -188,7 +228,12 @@ async fn spawn_appliance(id: &'static str, port: u16) -> DemoResult<()> {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_credentials(id, format!("pw-{id}"));
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_last_will(LastWill::new(format!("tether/{id}/status"), "offline", QoS::AtLeastOnce, true));
+    opts.set_last_will(LastWill::new(
+        format!("tether/{id}/status"),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
     let (client, mut events) = AsyncClient::new(opts, 16);
     client
         .subscribe(format!("tether/{id}/cmd"), QoS::AtLeastOnce)
@@ -205,10 +250,16 @@ async fn spawn_appliance(id: &'static str, port: u16) -> DemoResult<()> {
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    let Ok(cmd) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                    let Ok(cmd) = serde_json::from_slice::<Value>(&p.payload) else {
+                        continue;
+                    };
                     let answer = json!({"id": cmd["id"], "ok": true, "payload": {"appliance": id, "done": cmd["payload"]}});
-                    let _ = client
-                        .try_publish(format!("tether/{id}/result"), QoS::AtLeastOnce, false, answer.to_string());
+                    let _ = client.try_publish(
+                        format!("tether/{id}/result"),
+                        QoS::AtLeastOnce,
+                        false,
+                        answer.to_string(),
+                    );
                 }
                 _ => {}
             }
@@ -228,11 +279,18 @@ async fn enqueue(http: &reqwest::Client, admin: &str, cmd: &Value) -> DemoResult
         .await
         .map_err(|e| e.to_string())?;
     let body: Value = resp.json_value().await?;
-    body["id"].as_str().map(str::to_owned).ok_or_else(|| format!("no id in {body}"))
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no id in {body}"))
 }
 
 async fn wait_result(http: &reqwest::Client, admin: &str, id: &str) -> DemoResult<Value> {
-    get_json(http, &format!("http://{admin}/admin/gateways/{GATEWAY}/results/{id}?wait_ms=15000")).await
+    get_json(
+        http,
+        &format!("http://{admin}/admin/gateways/{GATEWAY}/results/{id}?wait_ms=15000"),
+    )
+    .await
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> DemoResult<Value> {

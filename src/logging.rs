@@ -17,7 +17,11 @@ struct StderrLogger {
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         let ours = metadata.target().starts_with("tether");
-        let limit = if ours { self.level } else { self.level.min(LevelFilter::Warn) };
+        let limit = if ours {
+            self.level
+        } else {
+            self.level.min(LevelFilter::Warn)
+        };
         metadata.level() <= limit
     }
 

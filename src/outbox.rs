@@ -19,7 +19,7 @@ use crate::cloud::wire::{CommandResult, Event};
 #[derive(Debug)]
 pub struct Outbox {
     inner: Mutex<Inner>,
-    /// Woken whenever a result is pushed, so the driver can schedule an early flush.
+    /// Woken whenever a result or event is pushed, so the driver can schedule an early flush.
     changed: Notify,
     max_events: usize,
 }
@@ -76,9 +76,11 @@ impl Outbox {
             inner.events_dropped += 1;
         }
         inner.events.push_back(event);
+        drop(inner);
+        self.changed.notify_one();
     }
 
-    /// Resolves when results were pushed since the last call.
+    /// Resolves when results or events were pushed since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
@@ -106,7 +108,9 @@ impl Outbox {
             });
             inner.events_dropped = 0;
         }
-        let n = max_events.saturating_sub(events.len()).min(inner.events.len());
+        let n = max_events
+            .saturating_sub(events.len())
+            .min(inner.events.len());
         events.extend(inner.events.drain(..n));
         Batch { results, events }
     }
@@ -115,7 +119,11 @@ impl Outbox {
     /// eligible again. If `delivered` is false the batch's events are put back in front.
     pub fn settle(&self, batch: Batch, acked: &[String], delivered: bool) {
         let acked: HashSet<&str> = acked.iter().map(String::as_str).collect();
-        let taken: HashSet<&str> = batch.results.iter().map(|r| r.command_id.as_str()).collect();
+        let taken: HashSet<&str> = batch
+            .results
+            .iter()
+            .map(|r| r.command_id.as_str())
+            .collect();
         let mut inner = self.lock();
         inner.results.retain_mut(|e| {
             if acked.contains(e.result.command_id.as_str()) {
@@ -216,7 +224,10 @@ mod tests {
         let batch = o.take(0, 10);
         assert_eq!(batch.events[0].kind, "dropped");
         assert_eq!(batch.events[0].payload["events"], 2);
-        let kept: Vec<_> = batch.events[1..].iter().map(|e| e.payload.clone()).collect();
+        let kept: Vec<_> = batch.events[1..]
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect();
         assert_eq!(kept, vec![json!(2), json!(3), json!(4)]);
         // A failed request puts them back, loss report included.
         o.settle(batch, &[], false);

@@ -251,7 +251,10 @@ impl Router {
             return Err("more targets than configured appliances".into());
         }
         let mut seen = HashSet::new();
-        Ok(list.into_iter().filter(|t| seen.insert(t.clone())).collect())
+        Ok(list
+            .into_iter()
+            .filter(|t| seen.insert(t.clone()))
+            .collect())
     }
 
     /// A command that cannot be parsed: answer it if it has an id, else report it.
@@ -351,9 +354,15 @@ fn aggregate(command_id: &str, p: Pending) -> CommandResult {
         (Status::Ok, None)
     } else if ok > 0 {
         let failed = items.len() - ok;
-        (Status::Partial, Some(format!("{failed} of {} targets failed", items.len())))
+        (
+            Status::Partial,
+            Some(format!("{failed} of {} targets failed", items.len())),
+        )
     } else {
-        (Status::Error, Some(format!("all {} targets failed", items.len())))
+        (
+            Status::Error,
+            Some(format!("all {} targets failed", items.len())),
+        )
     };
     CommandResult {
         command_id: command_id.to_owned(),
@@ -405,11 +414,19 @@ impl Worker {
                 payload: (*job.payload).clone(),
                 timeout: job.timeout,
             };
-            Some(self.transports.execute(self.kind, &self.appliance, dispatch).await)
+            Some(
+                self.transports
+                    .execute(self.kind, &self.appliance, dispatch)
+                    .await,
+            )
         };
         let duration_ms = millis(start.elapsed());
         let (status, payload, error) = match outcome {
-            None => (Status::Expired, None, Some("ttl ran out before dispatch".to_owned())),
+            None => (
+                Status::Expired,
+                None,
+                Some("ttl ran out before dispatch".to_owned()),
+            ),
             Some(o) => {
                 let status = o.status();
                 let (payload, error) = o.into_parts();

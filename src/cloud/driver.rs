@@ -50,7 +50,11 @@ pub enum RequestError {
 impl RequestError {
     fn failure(&self, carried_results: bool) -> Failure {
         match self {
-            RequestError::Status { status, retry_after, .. } => match status.as_u16() {
+            RequestError::Status {
+                status,
+                retry_after,
+                ..
+            } => match status.as_u16() {
                 401 | 403 => Failure::Auth,
                 429 | 503 => Failure::Busy(*retry_after),
                 400 | 413 | 422 if carried_results => Failure::Refused,
@@ -101,7 +105,11 @@ impl Uplink {
         wait: Duration,
     ) -> Result<R, RequestError> {
         let inner = &self.inner;
-        let url = if url_is_poll { &inner.poll_url } else { &inner.results_url };
+        let url = if url_is_poll {
+            &inner.poll_url
+        } else {
+            &inner.results_url
+        };
         let body = serde_json::to_vec(&body).map_err(|e| RequestError::Transport(e.to_string()))?;
         let mut req = inner
             .client
@@ -115,14 +123,21 @@ impl Uplink {
         if let Some(auth) = &inner.authorization {
             req = req.header(AUTHORIZATION, auth.clone());
         }
-        let mut resp = req.send().await.map_err(|e| RequestError::Transport(chain(&e)))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| RequestError::Transport(chain(&e)))?;
         let status = resp.status();
         let max = inner.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(RequestError::TooLarge(max));
         }
         let mut buf = BytesMut::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| RequestError::Transport(chain(&e)))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| RequestError::Transport(chain(&e)))?
+        {
             if buf.len() + chunk.len() > max {
                 return Err(RequestError::TooLarge(max));
             }
@@ -152,7 +167,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// An error with its sources, so "error sending request" says *why* (TLS, DNS, reset).
@@ -206,12 +224,14 @@ impl Driver {
                             capacity: self.router.capacity(),
                         };
                         let uplink = self.uplink.clone();
-                        poll = Some(Box::pin(async move { (batch, uplink.post(true, body, wait).await) }));
+                        poll = Some(Box::pin(async move {
+                            (batch, uplink.post(true, body, wait).await)
+                        }));
                     }
                     Action::Flush => {
                         let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST);
-                        if batch.results.is_empty() {
-                            // Everything owed already rides in a request; events can wait.
+                        if batch.results.is_empty() && batch.events.is_empty() {
+                            // Everything owed already rides in a request.
                             self.outbox.settle(batch, &[], false);
                             self.session.flush_done(now, true);
                             continue;
@@ -222,7 +242,9 @@ impl Driver {
                         };
                         let uplink = self.uplink.clone();
                         let wait = Duration::ZERO;
-                        flush = Some(Box::pin(async move { (batch, uplink.post(false, body, wait).await) }));
+                        flush = Some(Box::pin(async move {
+                            (batch, uplink.post(false, body, wait).await)
+                        }));
                     }
                 }
             }
@@ -330,7 +352,10 @@ mod tests {
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(590) && d <= Duration::from_secs(600), "{d:?}");
+        assert!(
+            d > Duration::from_secs(590) && d <= Duration::from_secs(600),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -343,8 +368,14 @@ mod tests {
         };
         assert_eq!(status(401).failure(true), Failure::Auth);
         assert_eq!(status(403).failure(false), Failure::Auth);
-        assert_eq!(status(429).failure(false), Failure::Busy(Some(Duration::from_secs(3))));
-        assert_eq!(status(503).failure(true), Failure::Busy(Some(Duration::from_secs(3))));
+        assert_eq!(
+            status(429).failure(false),
+            Failure::Busy(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            status(503).failure(true),
+            Failure::Busy(Some(Duration::from_secs(3)))
+        );
         assert_eq!(status(413).failure(true), Failure::Refused);
         assert_eq!(status(400).failure(false), Failure::Transient);
         assert_eq!(status(500).failure(true), Failure::Transient);

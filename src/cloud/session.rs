@@ -9,6 +9,7 @@
 //! Rules it enforces:
 //! - exactly one poll in flight; the next starts when the previous one ends (plus the
 //!   server's `interval_s`, or a backoff after a failure);
+//! - the first poll on a new link asks for no wait, so the connection is proven at once;
 //! - an early flush of results only while a poll is held on a connection already proven by
 //!   a successful response (a cold client firing two requests opens two connections), and
 //!   only after `linger`, so results finishing together share one request;
@@ -134,9 +135,15 @@ impl Session {
             // Results that were waiting for a flush ride in this poll instead.
             self.flush_due = None;
             self.more_ready = false;
-            return Some(Action::Poll {
-                wait: Duration::from_secs(self.cadence.wait_s),
-            });
+            // Until a response proves the connection, poll without waiting: the link is
+            // then known (and multiplexed) at once, so early flushes and owed results do
+            // not wait a whole poll period after every (re)connect.
+            let wait = if self.link_proven {
+                Duration::from_secs(self.cadence.wait_s)
+            } else {
+                Duration::ZERO
+            };
+            return Some(Action::Poll { wait });
         }
         if let Some(due) = self.flush_due
             && due <= now

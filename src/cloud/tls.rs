@@ -52,10 +52,11 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
         .tcp_keepalive(Duration::from_secs(30))
         .pool_max_idle_per_host(1);
     if let Some(path) = &cfg.ca_file {
-        let certs = Certificate::from_pem_bundle(&read(path)?).map_err(|e| SetupError::Invalid {
-            path: path.clone(),
-            what: format!("not a PEM certificate bundle: {e}"),
-        })?;
+        let certs =
+            Certificate::from_pem_bundle(&read(path)?).map_err(|e| SetupError::Invalid {
+                path: path.clone(),
+                what: format!("not a PEM certificate bundle: {e}"),
+            })?;
         if certs.is_empty() {
             return Err(SetupError::Invalid {
                 path: path.clone(),
@@ -74,7 +75,9 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
         })?;
         builder = builder.identity(identity);
     }
-    builder.build().map_err(|e| SetupError::Client(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| SetupError::Client(e.to_string()))
 }
 
 /// The `Authorization` header value, from `cloud.token_file` or systemd's credential.
@@ -98,10 +101,11 @@ pub fn load_token(cfg: &CloudConfig) -> Result<Option<HeaderValue>, SetupError> 
             what: "token file is empty".into(),
         });
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| SetupError::Invalid {
-        path: path.clone(),
-        what: "token holds characters not allowed in an HTTP header".into(),
-    })?;
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| SetupError::Invalid {
+            path: path.clone(),
+            what: "token holds characters not allowed in an HTTP header".into(),
+        })?;
     // Keeps it out of HPACK tables and out of `Debug` output.
     value.set_sensitive(true);
     Ok(Some(value))

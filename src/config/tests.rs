@@ -85,15 +85,31 @@ g = ["a", "ghost"]
     assert!(has(&p, "gateway.id", Some(3)), "{p:#?}");
     assert!(has(&p, "cloud.url", Some(6)), "{p:#?}");
     assert!(has(&p, "mqtt.listen", Some(9)), "{p:#?}");
-    assert!(has(&p, "appliance[0].password", None) || p.iter().any(|x| x.key == "appliance[0].password"), "{p:#?}");
-    assert!(p.iter().any(|x| x.key == "appliance[1].transport" && x.line == Some(17)), "{p:#?}");
-    assert!(p.iter().any(|x| x.key == "groups.g" && x.message.contains("ghost")), "{p:#?}");
+    assert!(
+        has(&p, "appliance[0].password", None)
+            || p.iter().any(|x| x.key == "appliance[0].password"),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|x| x.key == "appliance[1].transport" && x.line == Some(17)),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|x| x.key == "groups.g" && x.message.contains("ghost")),
+        "{p:#?}"
+    );
 }
 
 #[test]
 fn plain_http_cloud_is_refused() {
     let p = problems(&MINIMAL.replace("https://", "http://"));
-    assert!(p.iter().any(|x| x.key == "cloud.url" && x.message.contains("https")), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|x| x.key == "cloud.url" && x.message.contains("https")),
+        "{p:#?}"
+    );
 }
 
 #[test]
@@ -109,7 +125,11 @@ fn missing_sections_and_syntax_errors_are_reported() {
 fn duplicate_ids_and_missing_passwords_are_refused() {
     let text = format!("{MINIMAL}\n[[appliance]]\nid = \"lamp-1\"\ntransport = \"mqtt\"\n");
     let p = problems(&text);
-    assert!(p.iter().any(|x| x.key == "appliance[1].id" && x.message.contains("duplicate")), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|x| x.key == "appliance[1].id" && x.message.contains("duplicate")),
+        "{p:#?}"
+    );
     assert!(p.iter().any(|x| x.key == "appliance[1].password"), "{p:#?}");
 }
 

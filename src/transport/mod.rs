@@ -53,7 +53,9 @@ impl Outcome {
     pub fn into_parts(self) -> (Option<Value>, Option<String>) {
         match self {
             Outcome::Ok(payload) => (payload, None),
-            Outcome::Error(e) | Outcome::Unreachable(e) | Outcome::Interrupted(e) => (None, Some(e)),
+            Outcome::Error(e) | Outcome::Unreachable(e) | Outcome::Interrupted(e) => {
+                (None, Some(e))
+            }
             Outcome::Timeout => (None, Some("no answer before the timeout".into())),
         }
     }
@@ -66,7 +68,12 @@ pub struct Transports {
 }
 
 impl Transports {
-    pub async fn execute(&self, kind: TransportKind, appliance: &str, dispatch: Dispatch) -> Outcome {
+    pub async fn execute(
+        &self,
+        kind: TransportKind,
+        appliance: &str,
+        dispatch: Dispatch,
+    ) -> Outcome {
         match kind {
             TransportKind::Mqtt => self.mqtt.execute(appliance, dispatch).await,
         }

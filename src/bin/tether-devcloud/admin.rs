@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::App;
 use crate::api::commit;
+use crate::gateway::StoredResult;
 use crate::http::{self, Body};
-use crate::state::StoredResult;
 
 /// Bulk enqueues for load tests can be large, and this listener is trusted.
 const MAX_BODY: usize = 256 * 1024 * 1024;

@@ -1,16 +1,62 @@
 //! HTTP plumbing shared by the gateway API and the admin API: JSON responses, JSON error
 //! bodies, bounded body reading and small request-parsing helpers.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-pub type Body = Full<Bytes>;
+/// A complete response body that can keep the unread request body alive until the
+/// response has been sent.
+///
+/// Why: when a handler refuses a request before reading its body (413 on a large
+/// `Content-Length`), dropping the request body first makes HTTP/2 reset the stream with
+/// CANCEL before the response goes out, and the client sees a stream error instead of
+/// the 413. Dropped after the response's last frame, it resets with NO_ERROR as RFC 9113
+/// §8.1 prescribes for early responses, and the client reads the answer.
+pub struct Body {
+    data: Option<Bytes>,
+    len: u64,
+    unread: Option<Box<Incoming>>,
+}
+
+impl Body {
+    fn new(data: Bytes) -> Self {
+        Body {
+            len: data.len() as u64,
+            data: Some(data).filter(|d| !d.is_empty()),
+            unread: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
 
 /// A response with a JSON body.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
@@ -32,6 +78,8 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
 pub struct Reject {
     pub status: StatusCode,
     pub message: String,
+    /// The request body, when it was refused unread (see [`Body`]).
+    unread: Option<Box<Incoming>>,
 }
 
 impl Reject {
@@ -39,13 +87,16 @@ impl Reject {
         Reject {
             status,
             message: message.into(),
+            unread: None,
         }
     }
 }
 
 impl From<Reject> for Response<Body> {
     fn from(reject: Reject) -> Self {
-        error(reject.status, reject.message)
+        let mut response = error(reject.status, reject.message);
+        response.body_mut().unread = reject.unread;
+        response
     }
 }
 
@@ -63,7 +114,7 @@ pub fn method_not_allowed() -> Response<Body> {
 }
 
 fn with_body(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(Body::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -79,18 +130,25 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
             format!("body larger than {limit} bytes"),
         )
     };
-    // Refuse early when the client announces the size, before reading anything.
     let announced = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = Box::new(req.into_body());
+    // Refuse early when the client announces the size, before reading anything.
     if announced.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(Reject {
+            unread: Some(body),
+            ..too_large()
+        });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(&mut *body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reject {
+            unread: Some(body),
+            ..too_large()
+        }),
         Err(e) => Err(Reject::new(
             StatusCode::BAD_REQUEST,
             format!("cannot read body: {e}"),

@@ -10,10 +10,12 @@
 
 mod admin;
 mod api;
+mod gateway;
 mod http;
 mod logger;
 mod persist;
 mod server;
+mod snapshot;
 mod state;
 mod stats;
 mod tls;

@@ -20,10 +20,11 @@ pub struct Persister {
 }
 
 impl Persister {
-    pub fn new(path: PathBuf, loaded_version: u64) -> Self {
+    /// `path` is assumed to already hold the state the store starts from (version 0).
+    pub fn new(path: PathBuf) -> Self {
         Persister {
             path,
-            written: tokio::sync::Mutex::new(loaded_version),
+            written: tokio::sync::Mutex::new(0),
         }
     }
 

@@ -25,6 +25,12 @@ use crate::stats::{Counted, bump};
 /// How long a client gets to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an HTTP/1.1 connection may sit without a complete request head, idle time
+/// between keep-alive requests included (hyper's header-read timeout). Like nginx's
+/// default keep-alive timeout: long enough that a gateway polling every minute keeps its
+/// connection, short enough that a client stalling mid-headers is dropped.
+const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
 /// Pause after a failed `accept` (typically EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -51,7 +57,10 @@ pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, 
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer drives hyper's HTTP/1 header-read timeout and HTTP/2 keep-alive.
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP1_IDLE_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 

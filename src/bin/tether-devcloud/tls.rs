@@ -65,8 +65,8 @@ pub fn server_config(
 
     let mut chain = load_certs(&cert_dir.join(SERVER_CERT))?;
     let ca = load_certs(&cert_dir.join(CA_CERT))?;
-    // Send the CA too, so clients that pinned only an intermediate-less root still build
-    // the path; skip it if server.pem already carries it.
+    // Present the full chain (leaf, then CA) so tools that inspect or pin the chain see
+    // the issuer; skip the CA if server.pem already carries it.
     for cert in ca {
         if !chain.contains(&cert) {
             chain.push(cert);

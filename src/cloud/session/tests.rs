@@ -17,18 +17,21 @@ fn session() -> Session {
 }
 
 fn ok_poll(s: &mut Session) {
-    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
     s.poll_done(Instant::now(), Ok(None));
 }
 
 #[tokio::test(start_paused = true)]
-async fn first_poll_is_immediate_and_alone() {
+async fn first_poll_is_immediate_short_and_alone() {
     let mut s = session();
     let now = Instant::now();
     assert_eq!(
         s.poll_action(now),
         Some(Action::Poll {
-            wait: Duration::from_secs(30)
+            wait: Duration::ZERO
         })
     );
     // While the first poll is in flight nothing else may start, even with results owed:
@@ -45,7 +48,10 @@ async fn long_poll_repeats_at_once_after_success() {
     ok_poll(&mut s);
     assert_eq!(s.state(), LinkState::Online);
     assert_eq!(s.poll_timeout(), Some(Instant::now()));
-    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -60,7 +66,10 @@ async fn server_cadence_steers_wait_and_interval() {
         })),
     );
     assert_eq!(s.poll_action(Instant::now()), None);
-    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_secs(10)));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(Instant::now() + Duration::from_secs(10))
+    );
     advance(Duration::from_secs(10)).await;
     assert_eq!(
         s.poll_action(Instant::now()),
@@ -74,12 +83,18 @@ async fn server_cadence_steers_wait_and_interval() {
 async fn linger_batches_results_while_a_poll_is_held() {
     let mut s = session();
     ok_poll(&mut s);
-    assert!(matches!(s.poll_action(Instant::now()), Some(Action::Poll { .. })));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
     s.results_ready(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), None, "linger not over yet");
     advance(Duration::from_millis(10)).await;
     s.results_ready(Instant::now()); // a second result joins the same flush
-    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_millis(10)));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(Instant::now() + Duration::from_millis(10))
+    );
     advance(Duration::from_millis(10)).await;
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
     assert_eq!(s.poll_action(Instant::now()), None, "one flush at a time");
@@ -104,7 +119,10 @@ async fn backoff_grows_with_full_jitter_up_to_the_cap() {
         let ceiling = BACKOFF_BASE
             .saturating_mul(1 << (attempt - 1))
             .min(Duration::from_secs(60));
-        assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
+        assert!(
+            delay <= ceiling,
+            "attempt {attempt}: {delay:?} > {ceiling:?}"
+        );
         ceilings_seen.push(delay);
         advance(delay).await;
     }
@@ -120,13 +138,22 @@ async fn backoff_grows_with_full_jitter_up_to_the_cap() {
 async fn retry_after_is_honoured_and_capped() {
     let mut s = session();
     s.poll_action(Instant::now());
-    s.poll_done(Instant::now(), Err(Failure::Busy(Some(Duration::from_secs(120)))));
-    assert_eq!(s.poll_timeout(), Some(Instant::now() + Duration::from_secs(120)));
+    s.poll_done(
+        Instant::now(),
+        Err(Failure::Busy(Some(Duration::from_secs(120)))),
+    );
+    assert_eq!(
+        s.poll_timeout(),
+        Some(Instant::now() + Duration::from_secs(120))
+    );
     advance(Duration::from_secs(119)).await;
     assert_eq!(s.poll_action(Instant::now()), None);
     advance(Duration::from_secs(1)).await;
     assert!(s.poll_action(Instant::now()).is_some());
-    s.poll_done(Instant::now(), Err(Failure::Busy(Some(Duration::from_secs(1 << 30)))));
+    s.poll_done(
+        Instant::now(),
+        Err(Failure::Busy(Some(Duration::from_secs(1 << 30)))),
+    );
     assert_eq!(s.poll_timeout(), Some(Instant::now() + MAX_RETRY_AFTER));
 }
 

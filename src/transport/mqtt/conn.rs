@@ -57,8 +57,13 @@ enum ConnError {
 }
 
 /// Serves one accepted socket until it closes, is kicked, or the endpoint shuts down.
-pub async fn serve<S>(stream: S, peer: SocketAddr, hub: Arc<Hub>, limits: Limits, shutdown: CancellationToken)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -83,7 +88,10 @@ where
     };
     let password = connect.login.as_ref().map(|l| l.password.as_str());
     let username = connect.login.as_ref().map(|l| l.username.as_str());
-    if !conn.hub.authenticate(&connect.client_id, username, password) {
+    if !conn
+        .hub
+        .authenticate(&connect.client_id, username, password)
+    {
         let n = conn.hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
         // The claimed id is logged, the password never is.
         log::warn!(count = n; "{peer}: CONNECT refused for client id {:?}: not authorized", connect.client_id);
@@ -107,7 +115,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         let id = connect.client_id.clone();
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
         let kick = CancellationToken::new();
-        let attached = self.hub.attach(&id, connect.clean_session, tx, kick.clone());
+        let attached = self
+            .hub
+            .attach(&id, connect.clean_session, tx, kick.clone());
         log::info!(appliance = id.as_str(), transport = "mqtt"; "{peer}: connected");
         let mut session = Session {
             id: id.clone(),
@@ -120,7 +130,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             awaiting_rel: HashSet::new(),
         };
         let mut will = connect.last_will;
-        let ack = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, attached.session_present));
+        let ack = Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::Success,
+            attached.session_present,
+        ));
         let result = match self.write(&ack).await {
             Ok(()) => self.serve(&mut session, &mut rx, &kick, &shutdown).await,
             Err(e) => Err(e),
@@ -155,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 }
             }
             tokio::select! {
+                biased;
                 _ = kick.cancelled() => return Ok(Exit::Kicked),
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
                 msg = rx.recv() => match msg {
@@ -164,7 +178,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         }
                         self.write(&Packet::Publish(publish)).await?;
                     }
-                    None => return Ok(Exit::Shutdown),
+                    // The hub dropped our sender: a newer connection took over.
+                    None => return Ok(Exit::Kicked),
                 },
                 n = self.rd.read_buf(&mut self.rbuf) => {
                     if n? == 0 {
@@ -187,7 +202,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 for f in &sub.filters {
                     if topic::may_subscribe(&prefix, &s.id, &f.path) {
                         // Commands go out at QoS 1 at most.
-                        let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                        let qos = if f.qos == QoS::AtMostOnce {
+                            QoS::AtMostOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        };
                         self.hub.subscribed(&s.id, Some(qos));
                         codes.push(SubscribeReasonCode::Success(qos));
                     } else {
@@ -195,14 +214,16 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         codes.push(SubscribeReasonCode::Failure);
                     }
                 }
-                self.write(&Packet::SubAck(SubAck::new(sub.pkid, codes))).await?;
+                self.write(&Packet::SubAck(SubAck::new(sub.pkid, codes)))
+                    .await?;
             }
             Packet::Unsubscribe(unsub) => {
                 let own = topic::cmd_topic(self.hub.prefix(), &s.id);
-                if unsub.topics.iter().any(|t| *t == own) {
+                if unsub.topics.contains(&own) {
                     self.hub.subscribed(&s.id, None);
                 }
-                self.write(&Packet::UnsubAck(UnsubAck::new(unsub.pkid))).await?;
+                self.write(&Packet::UnsubAck(UnsubAck::new(unsub.pkid)))
+                    .await?;
             }
             Packet::Publish(p) => match p.qos {
                 QoS::AtMostOnce => self.hub.publish(&s.id, &p.topic, &p.payload),
@@ -269,7 +290,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     async fn refuse(&mut self, code: ConnectReturnCode) -> Result<(), ConnError> {
-        self.write(&Packet::ConnAck(ConnAck::new(code, false))).await?;
+        self.write(&Packet::ConnAck(ConnAck::new(code, false)))
+            .await?;
         let _ = self.wr.shutdown().await;
         Ok(())
     }

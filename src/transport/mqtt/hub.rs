@@ -78,7 +78,10 @@ impl Hub {
         passwords: HashMap<String, String>,
         outbox: Arc<Outbox>,
     ) -> Hub {
-        let slots = passwords.keys().map(|id| (id.clone(), Slot::default())).collect();
+        let slots = passwords
+            .keys()
+            .map(|id| (id.clone(), Slot::default()))
+            .collect();
         Hub {
             prefix,
             max_payload,
@@ -100,7 +103,12 @@ impl Hub {
 
     /// Checks a CONNECT's identity: username = client id = a configured appliance, and
     /// its password. Compares in constant time so timing reveals nothing of the password.
-    pub fn authenticate(&self, client_id: &str, username: Option<&str>, password: Option<&str>) -> bool {
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> bool {
         let (Some(user), Some(pass)) = (username, password) else {
             return false;
         };
@@ -152,7 +160,9 @@ impl Hub {
     pub fn detach(&self, id: &str, generation: u64, will: Option<LastWill>) {
         let waiting = {
             let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(id) else { return };
+            let Some(slot) = slots.get_mut(id) else {
+                return;
+            };
             if slot.conn.as_ref().map(|c| c.generation) != Some(generation) {
                 return; // already replaced by a newer connection
             }
@@ -205,7 +215,10 @@ impl Hub {
             Ok(m) => m,
             Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
         };
-        let waiter = self.lock().get_mut(id).and_then(|s| s.waiting.remove(&msg.id));
+        let waiter = self
+            .lock()
+            .get_mut(id)
+            .and_then(|s| s.waiting.remove(&msg.id));
         let Some(tx) = waiter else {
             let n = self.stats.unknown_results.fetch_add(1, Ordering::Relaxed) + 1;
             log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
@@ -215,7 +228,10 @@ impl Hub {
         let outcome = if msg.ok {
             Outcome::Ok(msg.payload)
         } else {
-            Outcome::Error(msg.error.unwrap_or_else(|| "appliance reported failure".into()))
+            Outcome::Error(
+                msg.error
+                    .unwrap_or_else(|| "appliance reported failure".into()),
+            )
         };
         let _ = tx.send(outcome);
     }

@@ -80,7 +80,14 @@ pub async fn start(
         idle_timeout: m.idle_timeout,
     };
     let slots = Arc::new(Semaphore::new(m.max_connections));
-    let accept = accept_loop(listener, hub.clone(), limits, slots, tracker.clone(), cancel);
+    let accept = accept_loop(
+        listener,
+        hub.clone(),
+        limits,
+        slots,
+        tracker.clone(),
+        cancel,
+    );
     tracker.spawn(accept);
     Ok((MqttHandle { hub }, local))
 }
@@ -108,7 +115,11 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let n = hub.stats.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = hub
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
             log::warn!(count = n; "{peer}: refused: mqtt.max_connections reached");
             continue;
         };

@@ -55,12 +55,29 @@ mod tests {
     #[test]
     fn only_own_topics_are_allowed() {
         assert!(may_subscribe("tether", "a", "tether/a/cmd"));
-        for f in ["tether/b/cmd", "tether/+/cmd", "tether/#", "#", "$SYS/#", "tether/a/cmd/#", "tether/a/+"] {
+        for f in [
+            "tether/b/cmd",
+            "tether/+/cmd",
+            "tether/#",
+            "#",
+            "$SYS/#",
+            "tether/a/cmd/#",
+            "tether/a/+",
+        ] {
             assert!(!may_subscribe("tether", "a", f), "{f}");
         }
-        assert_eq!(classify_publish("tether", "a", "tether/a/result"), Some(Inbound::Result));
-        assert_eq!(classify_publish("tether", "a", "tether/a/status"), Some(Inbound::Status));
-        assert_eq!(classify_publish("tether", "a", "tether/a/events"), Some(Inbound::Events));
+        assert_eq!(
+            classify_publish("tether", "a", "tether/a/result"),
+            Some(Inbound::Result)
+        );
+        assert_eq!(
+            classify_publish("tether", "a", "tether/a/status"),
+            Some(Inbound::Status)
+        );
+        assert_eq!(
+            classify_publish("tether", "a", "tether/a/events"),
+            Some(Inbound::Events)
+        );
         for t in [
             "tether/b/result",
             "tether/a/cmd",
@@ -74,6 +91,9 @@ mod tests {
             assert_eq!(classify_publish("tether", "a", t), None, "{t}");
         }
         // An appliance id that is a prefix of another's must not reach the other's topics.
-        assert_eq!(classify_publish("tether", "lamp", "tether/lamp-2/result"), None);
+        assert_eq!(
+            classify_publish("tether", "lamp", "tether/lamp-2/result"),
+            None
+        );
     }
 }

@@ -1,0 +1,249 @@
+//! One gateway's bookkeeping: its command queue, what was delivered and not yet
+//! answered, the results and events it sent, and the `Notify`s its waiters sleep on.
+//!
+//! Everything here is synchronous and runs under the store's lock (see `state`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tether::cloud::wire::{CommandResult, Event};
+use tokio::sync::Notify;
+
+/// Events kept per gateway; older ones are dropped first.
+const MAX_EVENTS: usize = 100_000;
+
+/// A result as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredResult {
+    /// The first copy received; later copies only bump `deliveries`.
+    pub result: CommandResult,
+    /// How many times the gateway sent this result (more than 1 means a retransmission).
+    pub deliveries: u64,
+    /// Milliseconds since devcloud start when the first copy arrived.
+    pub received_ms: u64,
+}
+
+/// A command waiting in a queue or delivered; `body` is what goes on the wire and
+/// always carries `id` as a string.
+pub struct Queued {
+    pub id: String,
+    pub body: Value,
+}
+
+impl Queued {
+    /// Wraps a stored command; `None` if it lacks a string `id`.
+    pub fn from_body(body: Value) -> Option<Queued> {
+        let id = body.get("id")?.as_str()?.to_owned();
+        Some(Queued { id, body })
+    }
+}
+
+#[derive(Default)]
+pub struct Gateway {
+    pub queue: VecDeque<Queued>,
+    /// Sent to the gateway, in delivery order. Entries whose result has arrived are
+    /// pruned lazily (at the next poll) and ignored everywhere until then.
+    pub delivered: Vec<Queued>,
+    /// In first-receipt order; `result_index` maps ids into it.
+    results: Vec<StoredResult>,
+    result_index: HashMap<String, usize>,
+    pub events: VecDeque<Event>,
+    /// Bumped by every poll; a held poll whose generation is stale has been replaced by a
+    /// newer one (typically the gateway reconnected) and must not take commands.
+    pub poll_generation: u64,
+    /// Woken when commands are enqueued or a newer poll supersedes the held one.
+    pub commands_changed: Arc<Notify>,
+    /// Woken when results are stored.
+    pub results_changed: Arc<Notify>,
+}
+
+impl Gateway {
+    pub fn results(&self) -> &[StoredResult] {
+        &self.results
+    }
+
+    pub fn result(&self, id: &str) -> Option<&StoredResult> {
+        self.result_index.get(id).map(|&i| &self.results[i])
+    }
+
+    /// Stores results (first copy wins) and returns the ids to acknowledge.
+    pub fn store_results(&mut self, results: Vec<CommandResult>, now_ms: u64) -> Vec<String> {
+        let mut acked = Vec::with_capacity(results.len());
+        let mut seen = HashSet::with_capacity(results.len());
+        for result in results {
+            let id = result.command_id.clone();
+            match self.result_index.get(&id) {
+                Some(&i) => self.results[i].deliveries += 1,
+                None => {
+                    self.result_index.insert(id.clone(), self.results.len());
+                    self.results.push(StoredResult {
+                        result,
+                        deliveries: 1,
+                        received_ms: now_ms,
+                    });
+                }
+            }
+            if seen.insert(id.clone()) {
+                acked.push(id);
+            }
+        }
+        if !acked.is_empty() {
+            self.results_changed.notify_waiters();
+        }
+        acked
+    }
+
+    pub fn push_events(&mut self, events: Vec<Event>) {
+        self.events.extend(events);
+        let excess = self.events.len().saturating_sub(MAX_EVENTS);
+        self.events.drain(..excess);
+    }
+
+    /// Puts back at the front of the queue, in their original order, the delivered
+    /// commands the gateway no longer knows about: no result and not in `pending`. That is
+    /// how a response lost with its connection gets resent. Returns whether any moved.
+    pub fn requeue_lost(&mut self, pending: &[String]) -> bool {
+        let pending: HashSet<&str> = pending.iter().map(String::as_str).collect();
+        let mut lost = Vec::new();
+        let mut kept = Vec::new();
+        for q in self.delivered.drain(..) {
+            if self.result_index.contains_key(&q.id) {
+                continue;
+            }
+            if pending.contains(q.id.as_str()) {
+                kept.push(q);
+            } else {
+                lost.push(q);
+            }
+        }
+        self.delivered = kept;
+        let any = !lost.is_empty();
+        for q in lost.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+        any
+    }
+
+    /// Moves up to `capacity` commands from the queue to `delivered`.
+    pub fn take(&mut self, capacity: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < capacity {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            // A result can overtake a requeued copy (it was in flight on /results).
+            if self.result_index.contains_key(&q.id) {
+                continue;
+            }
+            out.push(q.body.clone());
+            self.delivered.push(q);
+        }
+        out
+    }
+
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.queue
+            .iter()
+            .filter(|q| self.is_live(q))
+            .map(|q| q.id.clone())
+            .collect()
+    }
+
+    pub fn delivered_ids(&self) -> Vec<String> {
+        self.delivered
+            .iter()
+            .filter(|q| self.is_live(q))
+            .map(|q| q.id.clone())
+            .collect()
+    }
+
+    /// Adds a result loaded from the state file; the first copy of an id wins.
+    pub fn restore_result(&mut self, stored: StoredResult) {
+        let id = stored.result.command_id.clone();
+        if !self.result_index.contains_key(&id) {
+            self.result_index.insert(id, self.results.len());
+            self.results.push(stored);
+        }
+    }
+
+    /// Whether the command still matters (no result yet), i.e. belongs in a snapshot.
+    pub fn is_live(&self, q: &Queued) -> bool {
+        !self.result_index.contains_key(&q.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tether::cloud::wire::Status;
+
+    fn gateway_with(ids: &[&str]) -> Gateway {
+        let mut g = Gateway::default();
+        for id in ids {
+            let body = json!({ "id": id, "target": "lamp" });
+            g.queue.extend(Queued::from_body(body));
+        }
+        g
+    }
+
+    fn ok(id: &str) -> CommandResult {
+        CommandResult {
+            command_id: id.to_owned(),
+            status: Status::Ok,
+            payload: None,
+            error: None,
+            items: None,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn lost_deliveries_go_back_to_the_front_in_order() {
+        let mut g = gateway_with(&["c1", "c2", "c3", "c4"]);
+        assert_eq!(g.take(3).len(), 3);
+        g.store_results(vec![ok("c2")], 0);
+        // c1 is still being worked on; c3 was lost; c2 is done.
+        assert!(g.requeue_lost(&["c1".to_owned()]));
+        assert_eq!(g.queued_ids(), ["c3", "c4"]);
+        assert_eq!(g.delivered_ids(), ["c1"]);
+        assert!(!g.requeue_lost(&["c1".to_owned()]));
+    }
+
+    #[test]
+    fn first_result_wins_and_deliveries_are_counted() {
+        let mut g = gateway_with(&["c1"]);
+        g.take(1);
+        let mut second = ok("c1");
+        second.status = Status::Error;
+        assert_eq!(g.store_results(vec![ok("c1"), second], 5), ["c1"]);
+        let stored = g
+            .result("c1")
+            .map(|r| (r.result.status, r.deliveries, r.received_ms));
+        assert_eq!(stored, Some((Status::Ok, 2, 5)));
+        assert!(g.delivered_ids().is_empty());
+    }
+
+    #[test]
+    fn take_skips_commands_that_already_have_a_result() {
+        let mut g = gateway_with(&["c1", "c2"]);
+        g.store_results(vec![ok("c1")], 0);
+        let taken = g.take(5);
+        assert_eq!(taken, [json!({ "id": "c2", "target": "lamp" })]);
+    }
+
+    #[test]
+    fn events_are_bounded() {
+        let mut g = Gateway::default();
+        let event = |n: usize| Event {
+            appliance: None,
+            kind: "event".to_owned(),
+            payload: json!(n),
+        };
+        g.push_events((0..MAX_EVENTS + 10).map(event).collect());
+        assert_eq!(g.events.len(), MAX_EVENTS);
+        assert_eq!(g.events.front().map(|e| e.payload.clone()), Some(json!(10)));
+    }
+}

@@ -1,0 +1,612 @@
+//! Test harness: the real `tether-devcloud` and `tetherd` binaries, and real MQTT clients
+//! (rumqttc) as appliances.
+//!
+//! Every wait here is on an event (a log line, an MQTT packet, the devcloud's long-poll
+//! admin endpoint), bounded by a generous deadline that only matters when a test fails.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+pub const GATEWAY: &str = "gw-test";
+/// Upper bound for any single wait; reached only when something is broken.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = fastrand::u64(..);
+        let dir =
+            std::env::temp_dir().join(format!("tether-test-{tag}-{}-{n:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines a child process wrote to one of its pipes, with a way to wait for one.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    fn follow(&self, pipe: impl std::io::Read + Send + 'static, echo: &'static str) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TETHER_TEST_ECHO").is_some() {
+                    eprintln!("[{echo}] {line}");
+                }
+                let (lock, cvar) = &*this.inner;
+                lock.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                cvar.notify_all();
+            }
+        });
+    }
+
+    /// Waits (blocking) for a line containing `needle` at index >= `from`; returns it.
+    pub fn wait_from(&self, from: usize, needle: &str) -> String {
+        let (lock, cvar) = &*self.inner;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut lines = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(l) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no line containing {needle:?}; got:\n{}",
+                lines.join("\n")
+            );
+            lines = cvar
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_from(0, needle)
+    }
+
+    pub async fn wait_async(&self, needle: &str) -> String {
+        let this = self.clone();
+        let needle = needle.to_owned();
+        tokio::task::spawn_blocking(move || this.wait_for(&needle))
+            .await
+            .unwrap()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.all().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// The reference cloud, as a child process.
+pub struct DevCloud {
+    child: Child,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub cert_dir: PathBuf,
+    args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl DevCloud {
+    pub fn start(dir: &Path, extra: &[&str]) -> DevCloud {
+        let cert_dir = dir.join("devcloud-certs");
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, https, admin) = spawn_devcloud(&cert_dir, "127.0.0.1:0", "127.0.0.1:0", &args);
+        tether::cloud::tls::install_crypto_provider();
+        let ca = std::fs::read(cert_dir.join("ca.pem")).expect("devcloud CA");
+        let http = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+            .build()
+            .unwrap();
+        DevCloud {
+            child,
+            https,
+            admin,
+            cert_dir,
+            args,
+            http,
+        }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.cert_dir.join("ca.pem")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.https.port())
+    }
+
+    /// SIGKILL, then start again on the same ports with the same CA and arguments.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, https, admin) = spawn_devcloud(
+            &self.cert_dir,
+            &self.https.to_string(),
+            &self.admin.to_string(),
+            &self.args,
+        );
+        assert_eq!((https, admin), (self.https, self.admin));
+        self.child = child;
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn enqueue(&self, cmd: Value) -> String {
+        let v = self
+            .post(&format!("/admin/gateways/{GATEWAY}/commands"), cmd)
+            .await;
+        v["id"].as_str().expect("command id").to_owned()
+    }
+
+    pub async fn enqueue_many(&self, cmds: Vec<Value>) -> Vec<String> {
+        let v = self
+            .post(
+                &format!("/admin/gateways/{GATEWAY}/commands"),
+                Value::Array(cmds),
+            )
+            .await;
+        v["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits for the stored result of `id` (the devcloud holds the request until then).
+    pub async fn result(&self, id: &str) -> Value {
+        let url = self.admin_url(&format!(
+            "/admin/gateways/{GATEWAY}/results/{id}?wait_ms={}",
+            PATIENCE.as_millis()
+        ));
+        let resp = self.http.get(url).send().await.expect("admin request");
+        assert!(
+            resp.status().is_success(),
+            "no result for {id}: HTTP {}",
+            resp.status()
+        );
+        resp.json_value().await
+    }
+
+    pub async fn results(&self) -> Vec<Value> {
+        let v = self
+            .get(&format!("/admin/gateways/{GATEWAY}/results"))
+            .await;
+        v["results"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn events(&self) -> Vec<Value> {
+        let v = self.get(&format!("/admin/gateways/{GATEWAY}/events")).await;
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.get("/admin/stats").await
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .expect("admin request");
+        assert!(
+            resp.status().is_success(),
+            "GET {path}: HTTP {}",
+            resp.status()
+        );
+        resp.json_value().await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .post(self.admin_url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("admin request");
+        assert!(
+            resp.status().is_success(),
+            "POST {path}: HTTP {}",
+            resp.status()
+        );
+        resp.json_value().await
+    }
+}
+
+impl Drop for DevCloud {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_devcloud(
+    cert_dir: &Path,
+    listen: &str,
+    admin: &str,
+    extra: &[String],
+) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-devcloud"))
+        .args(["--listen", listen, "--admin", admin, "--cert-dir"])
+        .arg(cert_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tether-devcloud");
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("devcloud READY line");
+    // Keep draining so the devcloud never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    let field = |name: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_else(|| panic!("bad READY line: {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    (child, field("https="), field("admin="))
+}
+
+/// One `[[appliance]]` in a test config.
+pub fn mqtt_appliance(id: &str) -> String {
+    format!(
+        "[[appliance]]\nid = \"{id}\"\ntransport = \"mqtt\"\npassword = \"{}\"\n",
+        password(id)
+    )
+}
+
+pub fn password(id: &str) -> String {
+    format!("pw-{id}")
+}
+
+/// A config for `tetherd` against `cloud`, with the given appliances and extra TOML.
+pub fn config(dir: &Path, cloud: &DevCloud, appliances: &[&str], extra: &str) -> PathBuf {
+    let mut text = format!(
+        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n",
+        dir.join("state").display(),
+        cloud.url(),
+        cloud.ca_file().display()
+    );
+    for a in appliances {
+        text.push_str(&mqtt_appliance(a));
+    }
+    text.push_str(extra);
+    let path = dir.join("tetherd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The real daemon, as a child process.
+pub struct Tetherd {
+    child: Child,
+    pub log: Lines,
+    pub mqtt: SocketAddr,
+}
+
+impl Tetherd {
+    pub fn start(config: &Path) -> Tetherd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tetherd"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tetherd");
+        let log = Lines::default();
+        log.follow(child.stderr.take().unwrap(), "tetherd");
+        let line = log.wait_for("mqtt endpoint listening on ");
+        let mqtt = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad listening line: {line}"));
+        Tetherd { child, log, mqtt }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Tetherd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a simulated appliance answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers every command at once with ok and `{"echo": payload}`.
+    Echo,
+    /// Never answers.
+    Silent,
+    /// Answers when the test says so (`Appliance::answer`).
+    Manual,
+}
+
+/// A simulated MQTT appliance (a real rumqttc client).
+pub struct Appliance {
+    pub id: String,
+    pub client: AsyncClient,
+    /// Every command as received: (command id, payload).
+    pub received: mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl Appliance {
+    /// Connects, subscribes to its `cmd` topic, and returns once the SUBACK arrived.
+    pub async fn connect(mqtt: SocketAddr, id: &str, behaviour: Behaviour) -> Appliance {
+        let mut opts = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
+        opts.set_credentials(id, password(id));
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = AsyncClient::new(opts, 256);
+        client
+            .subscribe(format!("tether/{id}/cmd"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (tx, received) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let responder = client.clone();
+        let me = id.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let event = match events.poll().await {
+                    Ok(e) => e,
+                    Err(_) => break,
+                };
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let cmd: Value = serde_json::from_slice(&p.payload).unwrap();
+                        let cid = cmd["id"].as_str().unwrap().to_owned();
+                        let _ = tx.send((cid.clone(), cmd["payload"].clone()));
+                        if behaviour == Behaviour::Echo {
+                            let answer = json!({"id": cid, "ok": true, "payload": {"echo": cmd["payload"], "by": me}});
+                            responder
+                                .publish(
+                                    format!("tether/{me}/result"),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    answer.to_string(),
+                                )
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(PATIENCE, ready_rx)
+            .await
+            .expect("appliance SUBACK")
+            .expect("appliance event loop");
+        Appliance {
+            id: id.to_owned(),
+            client,
+            received,
+        }
+    }
+
+    pub async fn next_command(&mut self) -> (String, Value) {
+        tokio::time::timeout(PATIENCE, self.received.recv())
+            .await
+            .expect("a command for the appliance")
+            .expect("appliance running")
+    }
+
+    pub async fn answer(&self, command_id: &str, ok: bool, payload: Value) {
+        let body = if ok {
+            json!({"id": command_id, "ok": true, "payload": payload})
+        } else {
+            json!({"id": command_id, "ok": false, "error": payload.to_string()})
+        };
+        self.client
+            .publish(
+                format!("tether/{}/result", self.id),
+                QoS::AtLeastOnce,
+                false,
+                body.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Tries a CONNECT and returns the CONNACK code (or the error text).
+pub async fn try_connect(
+    mqtt: SocketAddr,
+    client_id: &str,
+    user: &str,
+    pass: &str,
+) -> Result<ConnectReturnCode, String> {
+    let mut opts = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
+    opts.set_credentials(user, pass);
+    let (_client, mut events) = AsyncClient::new(opts, 8);
+    loop {
+        match tokio::time::timeout(PATIENCE, events.poll())
+            .await
+            .expect("connect outcome")
+        {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack.code),
+            Ok(_) => continue,
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Ok(code),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Indexes the devcloud's stored results by command id.
+pub fn by_id(results: &[Value]) -> HashMap<String, Value> {
+    results
+        .iter()
+        .map(|r| {
+            (
+                r["result"]["command_id"].as_str().unwrap().to_owned(),
+                r.clone(),
+            )
+        })
+        .collect()
+}
+
+pub trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        let bytes = self.bytes().await.expect("response body");
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
+    }
+}
+
+/// Re-checks `check` every 20 ms until it returns `Some`, for conditions only visible by
+/// asking (a counter at the devcloud). Panics after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A hand-driven MQTT client, for packets a well-behaved client library refuses to send
+/// (wildcards or NUL in a PUBLISH topic, a second CONNECT, oversized lengths).
+pub struct RawClient {
+    pub stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Connects and authenticates; panics unless the CONNACK accepts.
+    pub async fn connect(mqtt: SocketAddr, id: &str, pass: &str) -> RawClient {
+        use rumqttc::mqttbytes::v4::{Connect, Login};
+        let stream = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+        let mut raw = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut connect = Connect::new(id);
+        connect.login = Some(Login::new(id, pass));
+        raw.send(rumqttc::mqttbytes::v4::Packet::Connect(connect))
+            .await;
+        match raw.recv().await {
+            Some(rumqttc::mqttbytes::v4::Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, ConnectReturnCode::Success)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    pub async fn send(&mut self, packet: rumqttc::mqttbytes::v4::Packet) {
+        let mut out = bytes::BytesMut::new();
+        packet.write(&mut out, 1 << 20).unwrap();
+        self.send_bytes(&out).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next packet, or `None` once the server closed the connection.
+    pub async fn recv(&mut self) -> Option<rumqttc::mqttbytes::v4::Packet> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match rumqttc::mqttbytes::v4::Packet::read(&mut self.buf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("bad packet from the server: {e}"),
+            }
+            let n = tokio::time::timeout(PATIENCE, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server answer")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+}
