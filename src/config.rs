@@ -57,6 +57,7 @@ pub struct CloudConfig {
     pub poll_wait: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// Minimum spacing of early result flushes while a poll is held.
     #[serde(default = "default_result_linger", with = "humantime_serde")]
     pub result_linger: Duration,
     /// Allowance on top of the poll wait before a request counts as failed.

@@ -235,6 +235,8 @@ async fn spawn_appliance(id: &'static str, port: u16) -> DemoResult<()> {
         true,
     ));
     let (client, mut events) = AsyncClient::new(opts, 16);
+    // Without it the result waits for the ACK of the PUBACK (Nagle + delayed ACK: ~40 ms).
+    events.network_options.set_tcp_nodelay(true);
     client
         .subscribe(format!("tether/{id}/cmd"), QoS::AtLeastOnce)
         .await

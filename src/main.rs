@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::CheckConfig) => check_config(&cli.config),
         Some(Cmd::Demo) => {
-            tether::logging::init(log::LevelFilter::Warn);
+            tether::logging::init(log::LevelFilter::Error);
             runtime_then(tether::demo::run())
         }
         None => {

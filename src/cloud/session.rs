@@ -11,8 +11,9 @@
 //!   server's `interval_s`, or a backoff after a failure);
 //! - the first poll on a new link asks for no wait, so the connection is proven at once;
 //! - an early flush of results only while a poll is held on a connection already proven by
-//!   a successful response (a cold client firing two requests opens two connections), and
-//!   only after `linger`, so results finishing together share one request;
+//!   a successful response (a cold client firing two requests opens two connections);
+//! - at most one early flush per `linger`: a result after a quiet spell goes at once, and
+//!   results finishing in a burst share the next request instead of one request each;
 //! - failures back off exponentially with full jitter (base 500 ms, cap `backoff_max`);
 //!   401/403 retries slowly; 429/503 honour `Retry-After`.
 
@@ -89,6 +90,8 @@ pub struct Session {
     poll_in_flight: bool,
     flush_in_flight: bool,
     flush_due: Option<Instant>,
+    /// When the last early flush started; the next may not start before this + linger.
+    last_flush: Option<Instant>,
     /// Results became ready while a flush was in flight: flush again after it.
     more_ready: bool,
     /// The last poll succeeded, so the pooled connection is known and multiplexed.
@@ -111,6 +114,7 @@ impl Session {
             poll_in_flight: false,
             flush_in_flight: false,
             flush_due: None,
+            last_flush: None,
             more_ready: false,
             link_proven: false,
             failures: 0,
@@ -151,6 +155,7 @@ impl Session {
         {
             self.flush_due = None;
             self.flush_in_flight = true;
+            self.last_flush = Some(now);
             return Some(Action::Flush);
         }
         None
@@ -179,7 +184,8 @@ impl Session {
         if self.flush_in_flight {
             self.more_ready = true;
         } else if self.flush_due.is_none() {
-            self.flush_due = Some(now + self.cfg.linger);
+            let earliest = self.last_flush.map_or(now, |t| t + self.cfg.linger);
+            self.flush_due = Some(earliest.max(now));
         }
     }
 

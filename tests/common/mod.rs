@@ -406,6 +406,7 @@ impl Appliance {
         opts.set_credentials(id, password(id));
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut events) = AsyncClient::new(opts, 256);
+        events.network_options.set_tcp_nodelay(true);
         client
             .subscribe(format!("tether/{id}/cmd"), QoS::AtLeastOnce)
             .await

@@ -80,29 +80,56 @@ async fn server_cadence_steers_wait_and_interval() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn linger_batches_results_while_a_poll_is_held() {
+async fn early_flushes_go_at_once_then_at_most_one_per_linger() {
     let mut s = session();
     ok_poll(&mut s);
     assert!(matches!(
         s.poll_action(Instant::now()),
         Some(Action::Poll { .. })
     ));
+    // After a quiet spell a result goes at once.
     s.results_ready(Instant::now());
-    assert_eq!(s.poll_action(Instant::now()), None, "linger not over yet");
-    advance(Duration::from_millis(10)).await;
-    s.results_ready(Instant::now()); // a second result joins the same flush
-    assert_eq!(
-        s.poll_timeout(),
-        Some(Instant::now() + Duration::from_millis(10))
-    );
-    advance(Duration::from_millis(10)).await;
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
     assert_eq!(s.poll_action(Instant::now()), None, "one flush at a time");
-    // A result during the flush gets its own flush after it.
+    // Results finishing during that flush wait for it, and for the linger since it began.
+    advance(Duration::from_millis(5)).await;
+    s.results_ready(Instant::now());
     s.results_ready(Instant::now());
     s.flush_done(Instant::now(), true);
-    advance(Duration::from_millis(20)).await;
+    assert_eq!(s.poll_action(Instant::now()), None);
+    assert_eq!(
+        s.poll_timeout(),
+        Some(Instant::now() + Duration::from_millis(15))
+    );
+    advance(Duration::from_millis(15)).await;
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    s.flush_done(Instant::now(), true);
+    // A result arriving long after the last flush goes at once again.
+    advance(Duration::from_secs(1)).await;
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_poll_carries_what_was_waiting_for_a_flush() {
+    let mut s = session();
+    ok_poll(&mut s);
+    s.poll_action(Instant::now());
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    s.flush_done(Instant::now(), true);
+    s.results_ready(Instant::now()); // due after the linger
+    s.poll_done(Instant::now(), Ok(None)); // the held poll returns first
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    advance(Duration::from_millis(50)).await;
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        None,
+        "the poll took those results"
+    );
 }
 
 #[tokio::test(start_paused = true)]
