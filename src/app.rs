@@ -1,9 +1,10 @@
 //! Wiring: builds every part from the [`Config`], connects their channels, and shuts them
 //! down in order.
 //!
-//! Start order: the outbox, the MQTT endpoint (bound before anything reports ready: the LAN
-//! side works without the cloud), the router with one worker per appliance, then the uplink
-//! driver. Every task runs on one [`TaskTracker`] under one [`CancellationToken`]; stopping
+//! Start order: the journal (replaying what a previous run left), the outbox, the MQTT
+//! endpoint (bound before anything reports ready: the LAN side works without the cloud),
+//! the router with one worker per appliance, recovery of interrupted commands, then the
+//! uplink driver. Every task runs on one [`TaskTracker`] under one [`CancellationToken`]; stopping
 //! means cancelling the token and waiting for the tracker to drain.
 
 use std::net::SocketAddr;
@@ -16,7 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::cloud::driver::{Driver, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::SetupError;
+use crate::cloud::wire::Event;
 use crate::config::Config;
+use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
 use crate::router::Router;
 use crate::transport::{Transports, mqtt};
@@ -30,6 +33,8 @@ pub enum StartError {
     },
     #[error("cloud link setup: {0}")]
     Uplink(#[from] SetupError),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
 }
 
 /// A running daemon.
@@ -49,7 +54,24 @@ impl App {
         let tracker = TaskTracker::new();
         // Set up the uplink first: a bad CA or token file should fail before we listen.
         let uplink = Uplink::new(&config.cloud, &config.gateway.id)?;
-        let outbox = Arc::new(Outbox::new(config.mqtt.max_events));
+        let (journal, recovery) = Journal::open(
+            &config.gateway.state_dir,
+            config.state.sync,
+            config.state.max_journal_bytes,
+        )?;
+        log::info!(
+            "journal open: {} result(s) owed, {} command(s) interrupted by the last stop",
+            recovery.owed,
+            recovery.running.len()
+        );
+        let outbox = Arc::new(Outbox::new(journal.clone(), config.mqtt.max_events));
+        if let Some(reason) = &recovery.reset {
+            outbox.push_event(Event {
+                appliance: None,
+                kind: "journal_reset".into(),
+                payload: serde_json::json!({ "error": reason }),
+            });
+        }
         let (mqtt, mqtt_addr) = mqtt::start(config, outbox.clone(), &tracker, cancel.clone())
             .await
             .map_err(|source| StartError::Listen {
@@ -58,7 +80,16 @@ impl App {
             })?;
         log::info!("mqtt endpoint listening on {mqtt_addr}");
         let transports = Transports { mqtt: mqtt.clone() };
-        let router = Router::start(config, transports, outbox.clone(), &tracker, cancel.clone());
+        let router = Router::start(
+            config,
+            transports,
+            journal,
+            outbox.clone(),
+            &tracker,
+            cancel.clone(),
+        );
+        let recovering = router.clone();
+        tracker.spawn(async move { recovering.recover(recovery.running).await });
         let session = Session::new(
             SessionConfig {
                 poll_wait: config.cloud.poll_wait,

@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+pub use crate::journal::SyncMode;
+
 /// The whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,6 +26,7 @@ pub struct Config {
     pub cloud: CloudConfig,
     pub mqtt: MqttConfig,
     pub router: RouterConfig,
+    pub state: StateConfig,
     pub appliances: Vec<ApplianceConfig>,
     pub groups: BTreeMap<String, Vec<String>>,
 }
@@ -110,6 +113,10 @@ pub struct MqttConfig {
     /// Most unsolicited events kept for the cloud; the oldest are dropped beyond it.
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    /// After start, a command for an appliance that has not connected yet waits this long
+    /// for it (at most its timeout) before it is `unreachable`.
+    #[serde(default = "default_startup_grace", with = "humantime_serde")]
+    pub startup_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +137,33 @@ pub struct RouterConfig {
     /// Largest command payload accepted from the cloud, in bytes of JSON.
     #[serde(default = "default_max_command_bytes")]
     pub max_command_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `full`: every commit is fsynced; `normal`: only checkpoints are (see docs/durability.md).
+    #[serde(default = "default_sync")]
+    pub sync: SyncMode,
+    /// Journal size at which the gateway stops taking new commands (advertises capacity 0).
+    #[serde(default = "default_max_journal_bytes")]
+    pub max_journal_bytes: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            sync: default_sync(),
+            max_journal_bytes: default_max_journal_bytes(),
+        }
+    }
+}
+
+fn default_sync() -> SyncMode {
+    SyncMode::Full
+}
+fn default_max_journal_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Clone, Deserialize)]
@@ -206,6 +240,9 @@ fn default_idle_timeout() -> Duration {
 fn default_max_events() -> usize {
     10_000
 }
+fn default_startup_grace() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_command_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -232,6 +269,7 @@ impl Default for MqttConfig {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
             max_events: default_max_events(),
+            startup_grace: default_startup_grace(),
         }
     }
 }
@@ -318,6 +356,7 @@ impl Config {
         let mut cloud = None;
         let mut mqtt = None;
         let mut router = None;
+        let mut state = None;
         let mut appliances = Vec::new();
         let mut groups = BTreeMap::new();
         let mut appliance_spans = Vec::new();
@@ -328,6 +367,7 @@ impl Config {
                 "cloud" => cloud = doc.section(name, value),
                 "mqtt" => mqtt = doc.section(name, value),
                 "router" => router = doc.section(name, value),
+                "state" => state = doc.section(name, value),
                 "groups" => groups = doc.section(name, value).unwrap_or_default(),
                 "appliance" => match value.get_ref() {
                     DeValue::Array(items) => {
@@ -348,7 +388,7 @@ impl Config {
                 other => doc.problem(
                     other,
                     key.span(),
-                    "unknown section (expected gateway, cloud, mqtt, router, appliance, groups)",
+                    "unknown section (expected gateway, cloud, mqtt, router, state, appliance, groups)",
                 ),
             }
         }
@@ -374,6 +414,13 @@ impl Config {
         v.mqtt(&mqtt);
         let router = router.unwrap_or_default();
         v.router(&router);
+        let state: StateConfig = state.unwrap_or_default();
+        if state.max_journal_bytes < 1024 * 1024 {
+            v.err(
+                &["state", "max_journal_bytes"],
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
         v.appliances(&appliances, &appliance_spans);
         v.groups(&groups, &appliances);
         match (gateway, cloud, doc.problems.is_empty()) {
@@ -382,6 +429,7 @@ impl Config {
                 cloud,
                 mqtt,
                 router,
+                state,
                 appliances: appliances.into_iter().map(|(_, a)| a).collect(),
                 groups,
             }),

@@ -60,6 +60,8 @@ url = "https://localhost:{port}"
 ca_file = "{ca}"
 [mqtt]
 listen = "127.0.0.1:0"
+# The simulated appliances connect before any command is sent.
+startup_grace = "0s"
 [[appliance]]
 id = "lamp-1"
 transport = "mqtt"

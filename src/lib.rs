@@ -21,6 +21,7 @@ pub mod app;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+pub mod journal;
 pub mod logging;
 pub mod outbox;
 pub mod router;

@@ -107,7 +107,7 @@ fn runtime_then(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 async fn run(config: Config) -> ExitCode {
     let app = match App::start(&config).await {
         Ok(app) => app,
-        Err(e @ StartError::Uplink(_)) => {
+        Err(e @ (StartError::Uplink(_) | StartError::Journal(_))) => {
             log::error!("cannot start: {e}");
             return ExitCode::from(EX_CONFIG);
         }

@@ -1,11 +1,12 @@
-//! What the gateway owes the cloud: finished results until acked, and appliance events.
+//! What the gateway owes the cloud: results until acked, and appliance events.
 //!
-//! The router pushes results, the MQTT endpoint pushes events, and the uplink driver takes
-//! batches to send and settles them with the cloud's acks. A result taken for a request is
-//! marked in flight so a concurrent request (a poll and an early flush share the
-//! connection) never carries it twice; if the request fails or the cloud does not ack it,
-//! it becomes eligible again. Results are kept in memory here; the durable journal takes
-//! this role behind the same methods.
+//! The router pushes results (each is journalled before it is owed), the MQTT endpoint
+//! pushes events, and the uplink driver takes batches and settles them with the cloud's
+//! acks. Results live in the journal, not in memory, so a week-long outage costs disk, not
+//! RAM; only the ids of results riding in a request are held here ("in flight"), so a
+//! poll and an early flush never carry the same result. If the journal cannot be written
+//! (a full disk), a result is kept in memory instead ("spilled") and still delivered.
+//! Events are held in memory, bounded, oldest dropped and counted.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -14,28 +15,23 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::cloud::wire::{CommandResult, Event};
+use crate::journal::Journal;
 
-/// Results and events owed to the cloud.
-#[derive(Debug)]
 pub struct Outbox {
+    journal: Journal,
     inner: Mutex<Inner>,
-    /// Woken whenever a result or event is pushed, so the driver can schedule an early flush.
+    /// Woken whenever a result or event is pushed, so the driver can flush early.
     changed: Notify,
     max_events: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
-    results: VecDeque<Entry>,
+    in_flight: HashSet<String>,
+    spilled: VecDeque<CommandResult>,
     events: VecDeque<Event>,
     /// Events dropped at the bound since the last report.
     events_dropped: u64,
-}
-
-#[derive(Debug)]
-struct Entry {
-    result: CommandResult,
-    in_flight: bool,
 }
 
 /// Results and events taken for one request; hand it back to [`Outbox::settle`].
@@ -46,8 +42,9 @@ pub struct Batch {
 }
 
 impl Outbox {
-    pub fn new(max_events: usize) -> Outbox {
+    pub fn new(journal: Journal, max_events: usize) -> Outbox {
         Outbox {
+            journal,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             max_events: max_events.max(1),
@@ -59,12 +56,13 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a finished result; it is owed until acked.
-    pub fn push_result(&self, result: CommandResult) {
-        self.lock().results.push_back(Entry {
-            result,
-            in_flight: false,
-        });
+    /// Records a finished result durably; from then on it is owed until acked.
+    pub async fn push_result(&self, result: CommandResult) {
+        if let Err(e) = self.journal.record_result(result.clone()).await {
+            log::error!(command_id = result.command_id.as_str();
+                "result kept in memory only, the journal refused it: {e}");
+            self.lock().spilled.push_back(result);
+        }
         self.changed.notify_one();
     }
 
@@ -85,20 +83,32 @@ impl Outbox {
         self.changed.notified().await;
     }
 
-    /// Takes up to `max_results` owed results not already in flight, and up to
-    /// `max_events` events (with a `dropped` notice first if events were lost).
-    pub fn take(&self, max_results: usize, max_events: usize) -> Batch {
+    /// Takes up to `max_results` owed results not already in flight, oldest first, and up
+    /// to `max_events` events (with a `dropped` notice first if events were lost).
+    /// Called by one task (the driver) at a time.
+    pub async fn take(&self, max_results: usize, max_events: usize) -> Batch {
+        let (mut results, skip) = {
+            let inner = self.lock();
+            let spilled: Vec<CommandResult> = inner
+                .spilled
+                .iter()
+                .filter(|r| !inner.in_flight.contains(&r.command_id))
+                .take(max_results)
+                .cloned()
+                .collect();
+            (spilled, inner.in_flight.iter().cloned().collect::<Vec<_>>())
+        };
+        let room = max_results - results.len();
+        if room > 0 && self.journal.owed_count() > 0 {
+            match self.journal.owed(skip, room).await {
+                Ok(owed) => results.extend(owed),
+                Err(e) => log::error!("cannot read owed results from the journal: {e}"),
+            }
+        }
         let mut inner = self.lock();
-        let results = inner
-            .results
-            .iter_mut()
-            .filter(|e| !e.in_flight)
-            .take(max_results)
-            .map(|e| {
-                e.in_flight = true;
-                e.result.clone()
-            })
-            .collect();
+        for r in &results {
+            inner.in_flight.insert(r.command_id.clone());
+        }
         let mut events = Vec::new();
         if max_events > 0 && inner.events_dropped > 0 {
             events.push(Event {
@@ -115,62 +125,48 @@ impl Outbox {
         Batch { results, events }
     }
 
-    /// Ends a request: acked results are forgotten, the others of the batch become
-    /// eligible again. If `delivered` is false the batch's events are put back in front.
-    pub fn settle(&self, batch: Batch, acked: &[String], delivered: bool) {
+    /// Ends a request: acked results are forgotten (durably, before they can be taken
+    /// again), the others of the batch become eligible again. If `delivered` is false the
+    /// batch's events are put back in front.
+    pub async fn settle(&self, batch: Batch, acked: &[String], delivered: bool) {
+        if !acked.is_empty()
+            && let Err(e) = self.journal.ack(acked.to_vec()).await
+        {
+            // They stay owed and are sent again; the cloud deduplicates by command id.
+            log::error!("cannot record acks in the journal: {e}");
+        }
         let acked: HashSet<&str> = acked.iter().map(String::as_str).collect();
-        let taken: HashSet<&str> = batch
-            .results
-            .iter()
-            .map(|r| r.command_id.as_str())
-            .collect();
         let mut inner = self.lock();
-        inner.results.retain_mut(|e| {
-            if acked.contains(e.result.command_id.as_str()) {
-                return false;
-            }
-            if taken.contains(e.result.command_id.as_str()) {
-                e.in_flight = false;
-            }
-            true
-        });
+        inner
+            .spilled
+            .retain(|r| !acked.contains(r.command_id.as_str()));
+        for r in &batch.results {
+            inner.in_flight.remove(&r.command_id);
+        }
         if !delivered {
             for event in batch.events.into_iter().rev() {
                 if event.kind == "dropped" {
-                    let n = event.payload["events"].as_u64().unwrap_or(0);
-                    inner.events_dropped += n;
-                    continue;
-                }
-                if inner.events.len() >= self.max_events {
+                    inner.events_dropped += event.payload["events"].as_u64().unwrap_or(0);
+                } else if inner.events.len() >= self.max_events {
                     inner.events_dropped += 1;
-                    continue;
+                } else {
+                    inner.events.push_front(event);
                 }
-                inner.events.push_front(event);
             }
         }
     }
 
-    /// Forgets one result the cloud refuses outright (quarantine), returning it.
-    pub fn quarantine(&self, command_id: &str) -> Option<CommandResult> {
-        let mut inner = self.lock();
-        let pos = inner
-            .results
-            .iter()
-            .position(|e| e.result.command_id == command_id)?;
-        inner.results.remove(pos).map(|e| e.result)
+    /// Forgets one result the cloud refuses outright (quarantine).
+    pub async fn quarantine(&self, command_id: &str) {
+        if let Err(e) = self.journal.ack(vec![command_id.to_owned()]).await {
+            log::error!(command_id = command_id; "cannot drop the refused result from the journal: {e}");
+        }
+        self.lock().spilled.retain(|r| r.command_id != command_id);
     }
 
     /// Results owed (not yet acked).
     pub fn owed(&self) -> usize {
-        self.lock().results.len()
-    }
-
-    /// Whether a result for `command_id` is still owed.
-    pub fn holds(&self, command_id: &str) -> bool {
-        self.lock()
-            .results
-            .iter()
-            .any(|e| e.result.command_id == command_id)
+        self.journal.owed_count() + self.lock().spilled.len()
     }
 }
 
@@ -178,6 +174,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::cloud::wire::Status;
+    use crate::journal::SyncMode;
 
     fn result(id: &str) -> CommandResult {
         CommandResult {
@@ -198,30 +195,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn in_flight_results_are_not_taken_twice_and_come_back_unless_acked() {
-        let o = Outbox::new(10);
-        o.push_result(result("c1"));
-        o.push_result(result("c2"));
-        let first = o.take(1, 0);
-        assert_eq!(first.results[0].command_id, "c1");
-        let second = o.take(10, 0);
-        assert_eq!(second.results.len(), 1);
-        assert_eq!(second.results[0].command_id, "c2");
-        o.settle(first, &["c1".into()], true);
-        o.settle(second, &[], false);
-        assert_eq!(o.owed(), 1);
-        assert!(o.holds("c2"));
-        assert_eq!(o.take(10, 0).results[0].command_id, "c2");
+    fn outbox(tag: &str, max_events: usize) -> (Outbox, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-outbox-{tag}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+        (Outbox::new(journal, max_events), dir)
     }
 
-    #[test]
-    fn events_are_bounded_dropped_oldest_and_the_loss_reported() {
-        let o = Outbox::new(3);
+    #[tokio::test]
+    async fn in_flight_results_are_not_taken_twice_and_come_back_unless_acked() {
+        let (o, dir) = outbox("flight", 10);
+        o.push_result(result("c1")).await;
+        o.push_result(result("c2")).await;
+        let first = o.take(1, 0).await;
+        assert_eq!(first.results[0].command_id, "c1");
+        let second = o.take(10, 0).await;
+        assert_eq!(second.results.len(), 1);
+        assert_eq!(second.results[0].command_id, "c2");
+        o.settle(first, &["c1".into()], true).await;
+        o.settle(second, &[], false).await;
+        assert_eq!(o.owed(), 1);
+        assert_eq!(o.take(10, 0).await.results[0].command_id, "c2");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn events_are_bounded_dropped_oldest_and_the_loss_reported() {
+        let (o, dir) = outbox("events", 3);
         for n in 0..5 {
             o.push_event(event(n));
         }
-        let batch = o.take(0, 10);
+        let batch = o.take(0, 10).await;
         assert_eq!(batch.events[0].kind, "dropped");
         assert_eq!(batch.events[0].payload["events"], 2);
         let kept: Vec<_> = batch.events[1..]
@@ -230,19 +237,21 @@ mod tests {
             .collect();
         assert_eq!(kept, vec![json!(2), json!(3), json!(4)]);
         // A failed request puts them back, loss report included.
-        o.settle(batch, &[], false);
-        let again = o.take(0, 10);
+        o.settle(batch, &[], false).await;
+        let again = o.take(0, 10).await;
         assert_eq!(again.events.len(), 4);
         assert_eq!(again.events[0].payload["events"], 2);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn quarantine_removes_one_result() {
-        let o = Outbox::new(1);
-        o.push_result(result("bad"));
-        o.push_result(result("good"));
-        assert!(o.quarantine("bad").is_some());
-        assert!(o.quarantine("bad").is_none());
+    #[tokio::test]
+    async fn quarantine_removes_one_result() {
+        let (o, dir) = outbox("quarantine", 1);
+        o.push_result(result("bad")).await;
+        o.push_result(result("good")).await;
+        o.quarantine("bad").await;
         assert_eq!(o.owed(), 1);
+        assert_eq!(o.take(10, 0).await.results[0].command_id, "good");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -7,8 +7,13 @@
 //! When every target of a command has finished, the aggregated result goes to the
 //! [`Outbox`]. The driver asks the router which commands are pending and how many more it
 //! can take (the advertised capacity).
+//!
+//! Every command id is recorded in the [`Journal`] before anything is done with it; the
+//! journal answers which ids are new, so a replayed id is never dispatched twice, even
+//! across restarts. At start, [`Router::recover`] settles what a previous run left
+//! running: `interrupted`, or run again when the command is idempotent.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::cloud::wire::{Command, CommandResult, Event, ItemResult, Status, Target};
 use crate::config::{Config, RouterConfig, TransportKind};
+use crate::journal::{Interrupted, Journal, NewCommand, now_ms};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Transports};
 
-/// Finished command ids remembered to refuse replays; older ones are forgotten first.
-pub const DONE_MEMORY: usize = 65_536;
 /// Longest command id accepted.
 pub const MAX_COMMAND_ID: usize = 128;
 
@@ -41,13 +45,12 @@ struct Shared {
     queues: HashMap<String, mpsc::Sender<Job>>,
     state: Mutex<State>,
     outbox: Arc<Outbox>,
+    journal: Journal,
 }
 
 #[derive(Default)]
 struct State {
     pending: HashMap<String, Pending>,
-    done: HashSet<String>,
-    done_order: VecDeque<String>,
 }
 
 /// A command some of whose targets have not finished.
@@ -72,6 +75,7 @@ impl Router {
     pub fn start(
         config: &Config,
         transports: Transports,
+        journal: Journal,
         outbox: Arc<Outbox>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
@@ -94,6 +98,7 @@ impl Router {
             queues,
             state: Mutex::new(State::default()),
             outbox,
+            journal,
         });
         for (id, kind, rx) in receivers {
             let worker = Worker {
@@ -107,13 +112,102 @@ impl Router {
         Router { shared }
     }
 
-    /// Accepts the commands of one poll response. Every command either starts, or gets a
-    /// `rejected`/`expired` result at once; a repeated id is ignored (its result, if any,
-    /// is still owed and will be re-sent; if running, it is listed in `pending`).
-    pub fn submit(&self, commands: Vec<Value>) {
+    /// Accepts the commands of one poll response. Every new command either starts, or
+    /// gets a `rejected`/`expired` result at once; a repeated id is ignored (its result,
+    /// if any, is still owed and will be re-sent; if running, it is listed in `pending`).
+    /// If the journal cannot record them, none is accepted: the cloud keeps them.
+    pub async fn submit(&self, commands: Vec<Value>) {
         let now = Instant::now();
+        let mut entries = Vec::with_capacity(commands.len());
         for raw in commands {
-            self.submit_one(raw, now);
+            let id = raw
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty() && id.len() <= MAX_COMMAND_ID)
+                .map(str::to_owned);
+            let Some(id) = id else {
+                self.unanswerable();
+                continue;
+            };
+            let parsed = serde_json::from_value::<Command>(raw.clone())
+                .map_err(|e| format!("malformed command: {e}"));
+            entries.push((id, raw, parsed));
+        }
+        let records = entries
+            .iter()
+            .map(|(id, raw, parsed)| {
+                let idempotent = parsed.as_ref().is_ok_and(|c| c.idempotent);
+                NewCommand {
+                    id: id.clone(),
+                    // Only an idempotent command is ever run again from its record.
+                    body: if idempotent {
+                        raw.to_string()
+                    } else {
+                        String::new()
+                    },
+                    idempotent,
+                }
+            })
+            .collect();
+        let fresh = match self.shared.journal.record_commands(records).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                log::error!(
+                    "cannot journal {} command(s), leaving them with the cloud: {e}",
+                    entries.len()
+                );
+                return;
+            }
+        };
+        for ((id, _, parsed), fresh) in entries.into_iter().zip(fresh) {
+            if !fresh {
+                log::debug!(command_id = id.as_str(); "repeated command id ignored");
+                continue;
+            }
+            match parsed {
+                Ok(cmd) => {
+                    let deadline = cmd.ttl_ms.map(|ms| now + Duration::from_millis(ms));
+                    self.begin(cmd, now, deadline).await;
+                }
+                Err(why) => self.finish_now(&id, now, Status::Rejected, why).await,
+            }
+        }
+    }
+
+    /// Settles the commands a previous run left running: an idempotent one runs again
+    /// (with what is left of its TTL), any other becomes `interrupted`.
+    pub async fn recover(&self, running: Vec<Interrupted>) {
+        let now = Instant::now();
+        for c in running {
+            let cmd = serde_json::from_str::<Command>(&c.body)
+                .ok()
+                .filter(|_| c.idempotent);
+            let Some(cmd) = cmd else {
+                let why = "the gateway restarted while the command ran; the appliance may or may not have acted";
+                self.finish_now(&c.id, now, Status::Interrupted, why.into())
+                    .await;
+                continue;
+            };
+            let deadline = match cmd.ttl_ms {
+                None => None,
+                Some(ttl) => {
+                    // Wall-clock time is all that survives a restart; a clock that went
+                    // backwards (no RTC, no NTP yet) cannot prove the TTL is still good.
+                    let elapsed = now_ms() - c.received_at_ms;
+                    let left = i64::try_from(ttl).unwrap_or(i64::MAX) - elapsed;
+                    if elapsed < 0 || left <= 0 {
+                        let why = "ttl ran out while the gateway restarted".to_owned();
+                        self.finish_now(&c.id, now, Status::Expired, why).await;
+                        continue;
+                    }
+                    Some(now + Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+                }
+            };
+            if let Err(e) = self.shared.journal.rerun(vec![c.id.clone()]).await {
+                log::warn!(command_id = c.id.as_str(); "cannot count the re-run in the journal: {e}");
+            }
+            log::info!(command_id = c.id.as_str(); "idempotent command interrupted by a restart; running it again");
+            self.begin(cmd, now, deadline).await;
         }
     }
 
@@ -122,36 +216,27 @@ impl Router {
         self.shared.lock().pending.keys().cloned().collect()
     }
 
-    /// How many more commands may be accepted now.
+    /// How many more commands may be accepted now: none while the journal is full or
+    /// failing, so the cloud keeps them.
     pub fn capacity(&self) -> u32 {
+        if self.shared.journal.is_full() {
+            return 0;
+        }
         let pending = self.shared.lock().pending.len();
         u32::try_from(self.shared.cfg.max_pending.saturating_sub(pending)).unwrap_or(u32::MAX)
     }
 
-    fn submit_one(&self, raw: Value, now: Instant) {
-        let cmd = match serde_json::from_value::<Command>(raw.clone()) {
-            Ok(cmd) => cmd,
-            Err(e) => return self.malformed(&raw, &format!("malformed command: {e}")),
-        };
-        if cmd.id.is_empty() || cmd.id.len() > MAX_COMMAND_ID {
-            return self.malformed(&raw, "command id must be 1 to 128 characters");
-        }
-        {
-            let state = self.shared.lock();
-            if state.pending.contains_key(&cmd.id) || state.done.contains(&cmd.id) {
-                log::debug!(command_id = cmd.id.as_str(); "repeated command id ignored");
-                return;
-            }
-        }
+    async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>) {
         let targets = match self.validate(&cmd) {
             Ok(t) => t,
-            Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why),
+            Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
         };
         if cmd.ttl_ms == Some(0) {
-            return self.finish_now(&cmd.id, now, Status::Expired, "ttl was 0".into());
+            return self
+                .finish_now(&cmd.id, now, Status::Expired, "ttl was 0".into())
+                .await;
         }
         let multi = !matches!(&cmd.target, Target::One(t) if !t.starts_with("group:"));
-        let deadline = cmd.ttl_ms.map(|ms| now + Duration::from_millis(ms));
         let timeout = cmd
             .timeout_ms
             .map(Duration::from_millis)
@@ -192,7 +277,7 @@ impl Router {
                 error: Some("appliance queue is full".into()),
                 duration_ms: 0,
             };
-            self.shared.complete_item(&cmd.id, index, item);
+            self.shared.complete_item(&cmd.id, index, item).await;
         }
     }
 
@@ -257,27 +342,19 @@ impl Router {
             .collect())
     }
 
-    /// A command that cannot be parsed: answer it if it has an id, else report it.
-    fn malformed(&self, raw: &Value, why: &str) {
-        match raw.get("id").and_then(Value::as_str) {
-            Some(id) if !id.is_empty() && id.len() <= MAX_COMMAND_ID => {
-                if !self.shared.lock().done.contains(id) {
-                    self.finish_now(id, Instant::now(), Status::Rejected, why.to_owned());
-                }
-            }
-            _ => {
-                log::warn!("dropped a command without a usable id: {why}");
-                self.shared.outbox.push_event(Event {
-                    appliance: None,
-                    kind: "malformed".into(),
-                    payload: json!({ "what": "command", "error": why }),
-                });
-            }
-        }
+    /// A command without a usable id cannot be answered: report it as an event.
+    fn unanswerable(&self) {
+        let why = "command has no usable id (a string of 1 to 128 characters)";
+        log::warn!("dropped a command: {why}");
+        self.shared.outbox.push_event(Event {
+            appliance: None,
+            kind: "malformed".into(),
+            payload: json!({ "what": "command", "error": why }),
+        });
     }
 
-    fn finish_now(&self, id: &str, received: Instant, status: Status, error: String) {
-        log::warn!(command_id = id, status = status.as_str(); "command refused: {error}");
+    async fn finish_now(&self, id: &str, received: Instant, status: Status, error: String) {
+        log::warn!(command_id = id, status = status.as_str(); "command not run: {error}");
         let result = CommandResult {
             command_id: id.to_owned(),
             status,
@@ -286,8 +363,7 @@ impl Router {
             items: None,
             duration_ms: millis(received.elapsed()),
         };
-        self.shared.lock().remember_done(id);
-        self.shared.outbox.push_result(result);
+        self.shared.outbox.push_result(result).await;
     }
 }
 
@@ -296,9 +372,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records one target's result; the last one completes the command.
-    fn complete_item(&self, command_id: &str, index: usize, item: ItemResult) {
-        let finished = {
+    /// Records one target's result; the last one completes the command. The command
+    /// stays listed as pending until its result is journalled, so no poll in between can
+    /// make the cloud think it was lost.
+    async fn complete_item(&self, command_id: &str, index: usize, item: ItemResult) {
+        let result = {
             let mut state = self.lock();
             let Some(p) = state.pending.get_mut(command_id) else {
                 return;
@@ -312,32 +390,16 @@ impl Shared {
             if p.remaining > 0 {
                 return;
             }
-            let p = state.pending.remove(command_id);
-            state.remember_done(command_id);
-            p
+            aggregate(command_id, p)
         };
-        if let Some(p) = finished {
-            self.outbox.push_result(aggregate(command_id, p));
-        }
+        self.outbox.push_result(result).await;
+        self.lock().pending.remove(command_id);
     }
 }
 
-impl State {
-    fn remember_done(&mut self, id: &str) {
-        if self.done.insert(id.to_owned()) {
-            self.done_order.push_back(id.to_owned());
-            if self.done_order.len() > DONE_MEMORY
-                && let Some(old) = self.done_order.pop_front()
-            {
-                self.done.remove(&old);
-            }
-        }
-    }
-}
-
-fn aggregate(command_id: &str, p: Pending) -> CommandResult {
+fn aggregate(command_id: &str, p: &Pending) -> CommandResult {
     let duration_ms = millis(p.received.elapsed());
-    let mut items: Vec<ItemResult> = p.items.into_iter().flatten().collect();
+    let mut items: Vec<ItemResult> = p.items.iter().flatten().cloned().collect();
     if !p.multi && items.len() == 1 {
         let item = items.remove(0);
         return CommandResult {
@@ -397,7 +459,9 @@ impl Worker {
                 },
             };
             let item = self.run_job(&job).await;
-            self.shared.complete_item(&job.command_id, job.index, item);
+            self.shared
+                .complete_item(&job.command_id, job.index, item)
+                .await;
         }
     }
 

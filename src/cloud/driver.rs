@@ -216,7 +216,7 @@ impl Driver {
             while let Some(action) = self.session.poll_action(now) {
                 match action {
                     Action::Poll { wait } => {
-                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST);
+                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
                         let body = PollRequest {
                             results: batch.results.clone(),
                             pending: self.router.pending_ids(),
@@ -229,10 +229,10 @@ impl Driver {
                         }));
                     }
                     Action::Flush => {
-                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST);
+                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
                         if batch.results.is_empty() && batch.events.is_empty() {
                             // Everything owed already rides in a request.
-                            self.outbox.settle(batch, &[], false);
+                            self.outbox.settle(batch, &[], false).await;
                             self.session.flush_done(now, true);
                             continue;
                         }
@@ -257,17 +257,17 @@ impl Driver {
                     match out {
                         Ok(resp) => {
                             // Commands first, so the next poll lists them as pending.
-                            self.router.submit(resp.commands);
-                            self.outbox.settle(batch, &resp.acked, true);
+                            self.router.submit(resp.commands).await;
+                            self.outbox.settle(batch, &resp.acked, true).await;
                             batch_limit = (batch_limit * 2).min(self.max_batch);
                             self.session.poll_done(now, Ok(resp.poll));
                         }
                         Err(e) => {
                             let failure = e.failure(!batch.results.is_empty());
                             if failure == Failure::Refused {
-                                batch_limit = self.narrow(&batch, &e);
+                                batch_limit = self.narrow(&batch, &e).await;
                             }
-                            self.outbox.settle(batch, &[], false);
+                            self.outbox.settle(batch, &[], false).await;
                             self.session.poll_done(now, Err(failure));
                             self.log_failure(&e, logged_state);
                         }
@@ -278,12 +278,12 @@ impl Driver {
                     flush = None;
                     let ok = match out {
                         Ok(resp) => {
-                            self.outbox.settle(batch, &resp.acked, true);
+                            self.outbox.settle(batch, &resp.acked, true).await;
                             true
                         }
                         Err(e) => {
                             log::debug!("early flush failed, results ride the next poll: {e}");
-                            self.outbox.settle(batch, &[], false);
+                            self.outbox.settle(batch, &[], false).await;
                             false
                         }
                     };
@@ -297,17 +297,16 @@ impl Driver {
 
     /// The cloud refused a batch: halve it, and quarantine a lone result so the queue
     /// never wedges on one bad result.
-    fn narrow(&self, batch: &Batch, e: &RequestError) -> usize {
+    async fn narrow(&self, batch: &Batch, e: &RequestError) -> usize {
         if let [only] = batch.results.as_slice() {
-            if self.outbox.quarantine(&only.command_id).is_some() {
-                log::error!(command_id = only.command_id.as_str();
-                    "cloud refuses this result ({e}); quarantined, it will not be resent");
-                self.outbox.push_event(crate::cloud::wire::Event {
-                    appliance: None,
-                    kind: "quarantined".into(),
-                    payload: serde_json::json!({ "command_id": only.command_id, "error": e.to_string() }),
-                });
-            }
+            self.outbox.quarantine(&only.command_id).await;
+            log::error!(command_id = only.command_id.as_str();
+                "cloud refuses this result ({e}); quarantined, it will not be resent");
+            self.outbox.push_event(crate::cloud::wire::Event {
+                appliance: None,
+                kind: "quarantined".into(),
+                payload: serde_json::json!({ "command_id": only.command_id, "error": e.to_string() }),
+            });
             return self.max_batch;
         }
         (batch.results.len() / 2).max(1)

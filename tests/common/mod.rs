@@ -313,7 +313,7 @@ pub fn password(id: &str) -> String {
 /// A config for `tetherd` against `cloud`, with the given appliances and extra TOML.
 pub fn config(dir: &Path, cloud: &DevCloud, appliances: &[&str], extra: &str) -> PathBuf {
     let mut text = format!(
-        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n",
+        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\n",
         dir.join("state").display(),
         cloud.url(),
         cloud.ca_file().display()

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{LastWill, Publish};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::topic::{self, ResultMessage};
@@ -43,6 +44,11 @@ pub struct Hub {
     slots: Mutex<HashMap<String, Slot>>,
     outbox: Arc<Outbox>,
     next_generation: AtomicU64,
+    /// Until then, a command for an appliance that is not ready waits for it: after a
+    /// gateway restart, appliances need a moment to reconnect.
+    grace_until: Instant,
+    /// Woken when an appliance connects or subscribes.
+    ready: Notify,
     pub stats: Stats,
 }
 
@@ -77,6 +83,7 @@ impl Hub {
         max_payload: usize,
         passwords: HashMap<String, String>,
         outbox: Arc<Outbox>,
+        startup_grace: std::time::Duration,
     ) -> Hub {
         let slots = passwords
             .keys()
@@ -89,6 +96,8 @@ impl Hub {
             slots: Mutex::new(slots),
             outbox,
             next_generation: AtomicU64::new(1),
+            grace_until: Instant::now() + startup_grace,
+            ready: Notify::new(),
             stats: Stats::default(),
         }
     }
@@ -148,6 +157,7 @@ impl Hub {
             generation,
         });
         drop(slots);
+        self.ready.notify_waiters();
         self.presence(id, "online");
         Attached {
             generation,
@@ -187,6 +197,7 @@ impl Hub {
         if let Some(slot) = self.lock().get_mut(id) {
             slot.subscription = qos;
         }
+        self.ready.notify_waiters();
     }
 
     /// An allowed or denied PUBLISH from appliance `id`.
@@ -292,23 +303,27 @@ impl Hub {
             }
         };
         let (tx, rx) = oneshot::channel();
-        let conn = {
-            let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(id) else {
-                return Outcome::Unreachable("not an MQTT appliance".into());
+        let started = Instant::now();
+        let mut tx = Some(tx);
+        let conn = loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let waiting = match self.claim(id, &dispatch.command_id, &mut tx) {
+                Ok(conn) => break conn,
+                Err(Claim::Unreachable(why)) => why,
+                Err(Claim::NotReady(why)) => {
+                    let until = self.grace_until.min(started + dispatch.timeout);
+                    if Instant::now() >= until {
+                        return Outcome::Unreachable(why.into());
+                    }
+                    tokio::select! {
+                        _ = ready => continue,
+                        _ = tokio::time::sleep_until(until) => continue,
+                    }
+                }
             };
-            let Some(conn) = &slot.conn else {
-                return Outcome::Unreachable("appliance is not connected".into());
-            };
-            if slot.reported_offline {
-                return Outcome::Unreachable("appliance reported offline".into());
-            }
-            let Some(qos) = slot.subscription else {
-                return Outcome::Unreachable("appliance is not subscribed to its cmd topic".into());
-            };
-            let conn_tx = conn.tx.clone();
-            slot.waiting.insert(dispatch.command_id.clone(), tx);
-            (conn_tx, qos)
+            return Outcome::Unreachable(waiting.into());
         };
         let (conn_tx, qos) = conn;
         let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
@@ -333,6 +348,35 @@ impl Hub {
         }
     }
 
+    /// Registers `command_id` as waiting on appliance `id` if it can take a command now.
+    fn claim(
+        &self,
+        id: &str,
+        command_id: &str,
+        tx: &mut Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(mpsc::Sender<ToConn>, QoS), Claim> {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(id) else {
+            return Err(Claim::Unreachable("not an MQTT appliance"));
+        };
+        let Some(conn) = &slot.conn else {
+            return Err(Claim::NotReady("appliance is not connected"));
+        };
+        if slot.reported_offline {
+            return Err(Claim::Unreachable("appliance reported offline"));
+        }
+        let Some(qos) = slot.subscription else {
+            return Err(Claim::NotReady(
+                "appliance is not subscribed to its cmd topic",
+            ));
+        };
+        let conn_tx = conn.tx.clone();
+        if let Some(tx) = tx.take() {
+            slot.waiting.insert(command_id.to_owned(), tx);
+        }
+        Ok((conn_tx, qos))
+    }
+
     fn forget(&self, id: &str, command_id: &str) {
         if let Some(slot) = self.lock().get_mut(id) {
             slot.waiting.remove(command_id);
@@ -346,6 +390,13 @@ impl Hub {
             .filter(|s| s.conn.is_some() && !s.reported_offline)
             .count()
     }
+}
+
+enum Claim {
+    /// Will not change by waiting.
+    Unreachable(&'static str),
+    /// May change once the appliance (re)connects and subscribes.
+    NotReady(&'static str),
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -71,6 +71,7 @@ pub async fn start(
         m.max_payload,
         passwords,
         outbox,
+        m.startup_grace,
     ));
     let listener = TcpListener::bind(m.listen).await?;
     let local = listener.local_addr()?;

@@ -1,0 +1,194 @@
+use super::*;
+use crate::cloud::wire::Status;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!(
+            "tether-journal-{tag}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cmd(id: &str, idempotent: bool) -> NewCommand {
+    NewCommand {
+        id: id.into(),
+        body: format!(r#"{{"id":"{id}","target":"a"}}"#),
+        idempotent,
+    }
+}
+
+fn result(id: &str) -> CommandResult {
+    CommandResult {
+        command_id: id.into(),
+        status: Status::Ok,
+        payload: Some(serde_json::json!({"n": id})),
+        error: None,
+        items: None,
+        duration_ms: 3,
+    }
+}
+
+fn open(dir: &Dir) -> (Journal, Recovery) {
+    Journal::open(&dir.0, SyncMode::Full, 1 << 30).unwrap()
+}
+
+#[tokio::test]
+async fn a_command_id_is_new_only_once() {
+    let dir = Dir::new("dedup");
+    let (j, _) = open(&dir);
+    let fresh = j
+        .record_commands(vec![cmd("c1", false), cmd("c2", false)])
+        .await
+        .unwrap();
+    assert_eq!(fresh, vec![true, true]);
+    let again = j
+        .record_commands(vec![cmd("c2", false), cmd("c3", false)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false, true]);
+    j.record_result(result("c1")).await.unwrap();
+    j.ack(vec!["c1".into()]).await.unwrap();
+    // Finished and acked: still remembered.
+    assert_eq!(
+        j.record_commands(vec![cmd("c1", false)]).await.unwrap(),
+        vec![false]
+    );
+}
+
+#[tokio::test]
+async fn owed_results_come_back_in_order_until_acked() {
+    let dir = Dir::new("owed");
+    let (j, _) = open(&dir);
+    for id in ["c1", "c2", "c3"] {
+        j.record_commands(vec![cmd(id, false)]).await.unwrap();
+        j.record_result(result(id)).await.unwrap();
+    }
+    assert_eq!(j.owed_count(), 3);
+    let ids = |v: Vec<CommandResult>| v.into_iter().map(|r| r.command_id).collect::<Vec<_>>();
+    assert_eq!(ids(j.owed(vec![], 10).await.unwrap()), ["c1", "c2", "c3"]);
+    assert_eq!(ids(j.owed(vec!["c1".into()], 1).await.unwrap()), ["c2"]);
+    j.ack(vec!["c2".into()]).await.unwrap();
+    assert_eq!(ids(j.owed(vec![], 10).await.unwrap()), ["c1", "c3"]);
+    assert_eq!(j.owed_count(), 2);
+    assert_eq!(j.owed(vec![], 10).await.unwrap()[0], result("c1"));
+}
+
+#[tokio::test]
+async fn a_restart_finds_owed_results_and_running_commands() {
+    let dir = Dir::new("recover");
+    {
+        let (j, r) = open(&dir);
+        assert_eq!((r.owed, r.running.len(), r.reset.is_none()), (0, 0, true));
+        j.record_commands(vec![
+            cmd("done", false),
+            cmd("run", false),
+            cmd("idem", true),
+        ])
+        .await
+        .unwrap();
+        j.record_result(result("done")).await.unwrap();
+    }
+    let (j, r) = open(&dir);
+    assert_eq!(r.owed, 1);
+    let running: Vec<_> = r
+        .running
+        .iter()
+        .map(|c| (c.id.as_str(), c.idempotent))
+        .collect();
+    assert_eq!(running, [("run", false), ("idem", true)]);
+    assert!(
+        r.running[0].body.contains("\"target\""),
+        "the body is kept for a re-run"
+    );
+    assert!(r.running[0].received_at_ms > 0);
+    assert_eq!(j.owed(vec![], 10).await.unwrap()[0].command_id, "done");
+}
+
+#[tokio::test]
+async fn a_damaged_journal_is_kept_aside_and_reported() {
+    let dir = Dir::new("corrupt");
+    {
+        let (j, _) = open(&dir);
+        j.record_commands(vec![cmd("c1", false)]).await.unwrap();
+    }
+    let db = dir.0.join("journal.db");
+    let _ = std::fs::remove_file(dir.0.join("journal.db-wal"));
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..16].copy_from_slice(b"this is garbage!");
+    std::fs::write(&db, &bytes).unwrap();
+    let (j, r) = open(&dir);
+    let reason = r.reset.expect("the damage is reported");
+    assert!(reason.contains("damaged"), "{reason}");
+    let kept: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("journal.db.damaged-")
+                && !name.ends_with("-shm")
+                && !name.ends_with("-wal")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept");
+    assert_eq!(
+        std::fs::read(kept[0].path()).unwrap()[..16],
+        *b"this is garbage!"
+    );
+    // The fresh journal works.
+    assert_eq!(
+        j.record_commands(vec![cmd("c1", false)]).await.unwrap(),
+        vec![true]
+    );
+}
+
+#[tokio::test]
+async fn the_size_bound_reports_full() {
+    let dir = Dir::new("full");
+    let (j, _) = Journal::open(&dir.0, SyncMode::Normal, 64 * 1024).unwrap();
+    assert!(!j.is_full());
+    let mut n = 0;
+    while !j.is_full() {
+        let id = format!("c{n}");
+        j.record_commands(vec![cmd(&id, false)]).await.unwrap();
+        let mut r = result(&id);
+        r.payload = Some(serde_json::json!("x".repeat(1000)));
+        j.record_result(r).await.unwrap();
+        n += 1;
+        assert!(n < 10_000, "never reported full");
+    }
+    assert!(j.bytes() >= 64 * 1024);
+}
+
+#[tokio::test]
+async fn concurrent_writes_share_commits() {
+    let dir = Dir::new("group");
+    let (j, _) = open(&dir);
+    let ids: Vec<String> = (0..200).map(|n| format!("c{n}")).collect();
+    j.record_commands(ids.iter().map(|id| cmd(id, false)).collect())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let j = j.clone();
+            let id = id.clone();
+            tokio::spawn(async move { j.record_result(result(&id)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(j.owed_count(), 200);
+}
