@@ -43,6 +43,7 @@ pub struct App {
     pub mqtt: mqtt::MqttHandle,
     pub outbox: Arc<Outbox>,
     pub router: Router,
+    journal: Journal,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -83,7 +84,7 @@ impl App {
         let router = Router::start(
             config,
             transports,
-            journal,
+            journal.clone(),
             outbox.clone(),
             &tracker,
             cancel.clone(),
@@ -119,6 +120,7 @@ impl App {
             mqtt,
             outbox,
             router,
+            journal,
             cancel,
             tracker,
         })
@@ -133,5 +135,6 @@ impl App {
             "stopped; {} result(s) still owed to the cloud",
             self.outbox.owed()
         );
+        self.journal.close().await;
     }
 }

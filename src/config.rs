@@ -253,7 +253,7 @@ fn default_max_pending() -> usize {
     1024
 }
 fn default_max_queue() -> usize {
-    64
+    256
 }
 fn default_max_command_bytes() -> usize {
     64 * 1024

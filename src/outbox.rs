@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 use crate::cloud::wire::{CommandResult, Event};
 use crate::journal::Journal;
 
+/// Most resent ids remembered for priority; more wait for the normal order.
+const MAX_WANTED: usize = 1024;
+
 pub struct Outbox {
     journal: Journal,
     inner: Mutex<Inner>,
@@ -28,6 +31,8 @@ pub struct Outbox {
 #[derive(Default)]
 struct Inner {
     in_flight: HashSet<String>,
+    /// Results the cloud is missing (it resent their command): sent first.
+    wanted: Vec<String>,
     spilled: VecDeque<CommandResult>,
     events: VecDeque<Event>,
     /// Events dropped at the bound since the last report.
@@ -98,9 +103,10 @@ impl Outbox {
                 .collect();
             (spilled, inner.in_flight.iter().cloned().collect::<Vec<_>>())
         };
+        let wanted = std::mem::take(&mut self.lock().wanted);
         let room = max_results - results.len();
         if room > 0 && self.journal.owed_count() > 0 {
-            match self.journal.owed(skip, room).await {
+            match self.journal.owed(wanted, skip, room).await {
                 Ok(owed) => results.extend(owed),
                 Err(e) => log::error!("cannot read owed results from the journal: {e}"),
             }
@@ -162,6 +168,24 @@ impl Outbox {
             log::error!(command_id = command_id; "cannot drop the refused result from the journal: {e}");
         }
         self.lock().spilled.retain(|r| r.command_id != command_id);
+    }
+
+    /// The cloud resent these commands: if their results are owed, send them next.
+    pub fn want(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let room = MAX_WANTED.saturating_sub(inner.wanted.len());
+        inner.wanted.extend(ids.into_iter().take(room));
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    /// Ids of results riding in a request now: the cloud may not have them yet, so a poll
+    /// built meanwhile lists them as pending (else the cloud would think them lost).
+    pub fn in_flight_ids(&self) -> Vec<String> {
+        self.lock().in_flight.iter().cloned().collect()
     }
 
     /// Results owed (not yet acked).

@@ -159,9 +159,11 @@ impl Router {
                 return;
             }
         };
+        let mut repeated = Vec::new();
         for ((id, _, parsed), fresh) in entries.into_iter().zip(fresh) {
             if !fresh {
                 log::debug!(command_id = id.as_str(); "repeated command id ignored");
+                repeated.push(id);
                 continue;
             }
             match parsed {
@@ -172,6 +174,8 @@ impl Router {
                 Err(why) => self.finish_now(&id, now, Status::Rejected, why).await,
             }
         }
+        // The cloud resent these: it lacks their results. Any still owed go out first.
+        self.shared.outbox.want(repeated);
     }
 
     /// Settles the commands a previous run left running: an idempotent one runs again

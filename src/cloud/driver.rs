@@ -217,9 +217,11 @@ impl Driver {
                 match action {
                     Action::Poll { wait } => {
                         let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
+                        let mut pending = self.router.pending_ids();
+                        pending.extend(self.outbox.in_flight_ids());
                         let body = PollRequest {
                             results: batch.results.clone(),
-                            pending: self.router.pending_ids(),
+                            pending,
                             events: batch.events.clone(),
                             capacity: self.router.capacity(),
                         };

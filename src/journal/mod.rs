@@ -66,11 +66,14 @@ enum Req {
     Result(CommandResult, oneshot::Sender<Result<(), JournalError>>),
     Ack(Vec<String>, oneshot::Sender<Result<(), JournalError>>),
     Owed {
+        first: Vec<String>,
         skip: Vec<String>,
         max: usize,
         reply: oneshot::Sender<Result<Vec<CommandResult>, JournalError>>,
     },
     Rerun(Vec<String>, oneshot::Sender<Result<(), JournalError>>),
+    /// Close the database (checkpointing the WAL) after the requests before it.
+    Close(oneshot::Sender<()>),
 }
 
 /// Figures the journal thread keeps current for cheap reads.
@@ -155,18 +158,35 @@ impl Journal {
         self.ask(|r| Req::Ack(ids, r)).await
     }
 
-    /// Up to `max` owed results, oldest first, skipping the ids in `skip`.
+    /// Up to `max` owed results: those of `first` that are owed, then the oldest,
+    /// skipping the ids in `skip`.
     pub async fn owed(
         &self,
+        first: Vec<String>,
         skip: Vec<String>,
         max: usize,
     ) -> Result<Vec<CommandResult>, JournalError> {
-        self.ask(|reply| Req::Owed { skip, max, reply }).await
+        self.ask(|reply| Req::Owed {
+            first,
+            skip,
+            max,
+            reply,
+        })
+        .await
     }
 
     /// Notes that idempotent commands are being run again after a restart.
     pub async fn rerun(&self, ids: Vec<String>) -> Result<(), JournalError> {
         self.ask(|r| Req::Rerun(ids, r)).await
+    }
+
+    /// Finishes the requests already sent, closes the database cleanly and stops the
+    /// thread. Later requests fail with [`JournalError::Stopped`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Req::Close(reply)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Results recorded and not acked.
@@ -189,14 +209,29 @@ const GROUP_MAX: usize = 512;
 
 fn run(mut store: store::Store, mut rx: mpsc::UnboundedReceiver<Req>, gauges: &Gauges) {
     while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match rx.try_recv() {
-                Ok(req) => group.push(req),
-                Err(_) => break,
+        let mut group = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            match req {
+                Req::Close(reply) => {
+                    close = Some(reply);
+                    break;
+                }
+                req => group.push(req),
+            }
+            if group.len() < GROUP_MAX {
+                next = rx.try_recv().ok();
             }
         }
-        store.apply(group, gauges);
+        if !group.is_empty() {
+            store.apply(group, gauges);
+        }
+        if let Some(reply) = close {
+            drop(store);
+            let _ = reply.send(());
+            return;
+        }
     }
 }
 

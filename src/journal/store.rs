@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
 
 use super::{DEDUP_MEMORY, Gauges, JournalError, NewCommand, Req, SyncMode};
 use crate::cloud::wire::CommandResult;
@@ -210,8 +211,7 @@ impl Store {
 
     /// Applies a group of requests in one transaction and answers each after the commit.
     pub fn apply(&mut self, group: Vec<Req>, gauges: &Gauges) {
-        let mut replies: Vec<Box<dyn FnOnce(Option<&JournalError>)>> =
-            Vec::with_capacity(group.len());
+        let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
         let outcome = (|| -> Result<(), JournalError> {
             let tx = self.conn.transaction().map_err(sql_err)?;
             let mut acked = false;
@@ -219,15 +219,11 @@ impl Store {
                 match req {
                     Req::Commands(cmds, reply) => {
                         let fresh = insert_commands(&tx, &cmds)?;
-                        replies.push(Box::new(move |err| {
-                            let _ = reply.send(err.map_or(Ok(fresh), |e| Err(e.clone())));
-                        }));
+                        replies.push(Reply::Fresh(reply, fresh));
                     }
                     Req::Result(result, reply) => {
                         insert_result(&tx, &result)?;
-                        replies.push(Box::new(move |err| {
-                            let _ = reply.send(err.map_or(Ok(()), |e| Err(e.clone())));
-                        }));
+                        replies.push(Reply::Done(reply));
                     }
                     Req::Ack(ids, reply) => {
                         let mut del = tx
@@ -237,24 +233,24 @@ impl Store {
                             del.execute([id]).map_err(sql_err)?;
                         }
                         acked = true;
-                        replies.push(Box::new(move |err| {
-                            let _ = reply.send(err.map_or(Ok(()), |e| Err(e.clone())));
-                        }));
+                        replies.push(Reply::Done(reply));
                     }
                     Req::Rerun(ids, reply) => {
                         for id in &ids {
                             tx.execute("UPDATE commands SET runs = runs + 1 WHERE id = ?1", [id])
                                 .map_err(sql_err)?;
                         }
-                        replies.push(Box::new(move |err| {
-                            let _ = reply.send(err.map_or(Ok(()), |e| Err(e.clone())));
-                        }));
+                        replies.push(Reply::Done(reply));
                     }
-                    Req::Owed { skip, max, reply } => {
-                        let owed = read_owed(&tx, &skip, max)?;
-                        replies.push(Box::new(move |err| {
-                            let _ = reply.send(err.map_or(Ok(owed), |e| Err(e.clone())));
-                        }));
+                    Req::Close(_) => unreachable_close(),
+                    Req::Owed {
+                        first,
+                        skip,
+                        max,
+                        reply,
+                    } => {
+                        let owed = read_owed(&tx, &first, &skip, max)?;
+                        replies.push(Reply::Owed(reply, owed));
                     }
                 }
             }
@@ -278,9 +274,38 @@ impl Store {
         self.update_gauges(gauges);
         // Requests of a failed group that never got to their statement still get the error.
         for reply in replies {
-            reply(outcome.as_ref().err());
+            reply.send(outcome.as_ref().err());
         }
     }
+}
+
+/// An answer held until its group commits (or fails).
+enum Reply {
+    Fresh(oneshot::Sender<Result<Vec<bool>, JournalError>>, Vec<bool>),
+    Done(oneshot::Sender<Result<(), JournalError>>),
+    Owed(
+        oneshot::Sender<Result<Vec<CommandResult>, JournalError>>,
+        Vec<CommandResult>,
+    ),
+}
+
+impl Reply {
+    fn send(self, err: Option<&JournalError>) {
+        fn or<T>(err: Option<&JournalError>, v: T) -> Result<T, JournalError> {
+            err.map_or(Ok(v), |e| Err(e.clone()))
+        }
+        // A receiver that went away (its caller was cancelled) needs no answer.
+        match self {
+            Reply::Fresh(tx, v) => drop(tx.send(or(err, v))),
+            Reply::Done(tx) => drop(tx.send(or(err, ()))),
+            Reply::Owed(tx, v) => drop(tx.send(or(err, v))),
+        }
+    }
+}
+
+/// The journal thread takes `Close` out of a group before applying it.
+fn unreachable_close() {
+    log::error!("journal: close request inside a write group; ignored");
 }
 
 fn insert_commands(tx: &Transaction<'_>, cmds: &[NewCommand]) -> Result<Vec<bool>, JournalError> {
@@ -322,10 +347,39 @@ fn insert_result(tx: &Transaction<'_>, result: &CommandResult) -> Result<(), Jou
 
 fn read_owed(
     tx: &Transaction<'_>,
+    first: &[String],
     skip: &[String],
     max: usize,
 ) -> Result<Vec<CommandResult>, JournalError> {
-    let limit = i64::try_from(max + skip.len()).unwrap_or(i64::MAX);
+    let mut out: Vec<CommandResult> = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
+    let mut push = |id: String, body: String, out: &mut Vec<CommandResult>| {
+        match serde_json::from_str(&body) {
+            Ok(r) => {
+                taken.push(id);
+                out.push(r);
+            }
+            Err(e) => {
+                log::error!(command_id = id.as_str(); "journal holds an unreadable result ({e}); skipped")
+            }
+        }
+    };
+    let mut by_id = tx
+        .prepare_cached("SELECT body FROM results WHERE command_id = ?1")
+        .map_err(sql_err)?;
+    for id in first.iter().filter(|id| !skip.contains(id)) {
+        if out.len() >= max {
+            return Ok(out);
+        }
+        if let Some(body) = by_id
+            .query_row([id], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(sql_err)?
+        {
+            push(id.clone(), body, &mut out);
+        }
+    }
+    let limit = i64::try_from(max + skip.len() + out.len()).unwrap_or(i64::MAX);
     let mut stmt = tx
         .prepare_cached("SELECT command_id, body FROM results ORDER BY seq LIMIT ?1")
         .map_err(sql_err)?;
@@ -334,21 +388,15 @@ fn read_owed(
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })
         .map_err(sql_err)?;
-    let mut out = Vec::new();
     for row in rows {
-        let (id, body) = row.map_err(sql_err)?;
-        if skip.contains(&id) {
-            continue;
-        }
-        match serde_json::from_str(&body) {
-            Ok(r) => out.push(r),
-            Err(e) => {
-                log::error!(command_id = id.as_str(); "journal holds an unreadable result ({e}); skipped")
-            }
-        }
         if out.len() >= max {
             break;
         }
+        let (id, body) = row.map_err(sql_err)?;
+        if skip.contains(&id) || out.iter().any(|r| r.command_id == id) {
+            continue;
+        }
+        push(id, body, &mut out);
     }
     Ok(out)
 }

@@ -77,12 +77,21 @@ async fn owed_results_come_back_in_order_until_acked() {
     }
     assert_eq!(j.owed_count(), 3);
     let ids = |v: Vec<CommandResult>| v.into_iter().map(|r| r.command_id).collect::<Vec<_>>();
-    assert_eq!(ids(j.owed(vec![], 10).await.unwrap()), ["c1", "c2", "c3"]);
-    assert_eq!(ids(j.owed(vec!["c1".into()], 1).await.unwrap()), ["c2"]);
+    assert_eq!(
+        ids(j.owed(vec![], vec![], 10).await.unwrap()),
+        ["c1", "c2", "c3"]
+    );
+    assert_eq!(
+        ids(j.owed(vec![], vec!["c1".into()], 1).await.unwrap()),
+        ["c2"]
+    );
+    // Asked-for ids come first (a result the cloud is missing), without duplicates.
+    let first = vec!["c3".into(), "nope".into()];
+    assert_eq!(ids(j.owed(first, vec![], 2).await.unwrap()), ["c3", "c1"]);
     j.ack(vec!["c2".into()]).await.unwrap();
-    assert_eq!(ids(j.owed(vec![], 10).await.unwrap()), ["c1", "c3"]);
+    assert_eq!(ids(j.owed(vec![], vec![], 10).await.unwrap()), ["c1", "c3"]);
     assert_eq!(j.owed_count(), 2);
-    assert_eq!(j.owed(vec![], 10).await.unwrap()[0], result("c1"));
+    assert_eq!(j.owed(vec![], vec![], 10).await.unwrap()[0], result("c1"));
 }
 
 #[tokio::test]
@@ -99,6 +108,7 @@ async fn a_restart_finds_owed_results_and_running_commands() {
         .await
         .unwrap();
         j.record_result(result("done")).await.unwrap();
+        j.close().await;
     }
     let (j, r) = open(&dir);
     assert_eq!(r.owed, 1);
@@ -113,7 +123,10 @@ async fn a_restart_finds_owed_results_and_running_commands() {
         "the body is kept for a re-run"
     );
     assert!(r.running[0].received_at_ms > 0);
-    assert_eq!(j.owed(vec![], 10).await.unwrap()[0].command_id, "done");
+    assert_eq!(
+        j.owed(vec![], vec![], 10).await.unwrap()[0].command_id,
+        "done"
+    );
 }
 
 #[tokio::test]
@@ -122,6 +135,11 @@ async fn a_damaged_journal_is_kept_aside_and_reported() {
     {
         let (j, _) = open(&dir);
         j.record_commands(vec![cmd("c1", false)]).await.unwrap();
+        j.close().await;
+        assert!(
+            j.record_commands(vec![cmd("c2", false)]).await.is_err(),
+            "closed"
+        );
     }
     let db = dir.0.join("journal.db");
     let _ = std::fs::remove_file(dir.0.join("journal.db-wal"));

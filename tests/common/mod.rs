@@ -211,7 +211,7 @@ impl DevCloud {
             "no result for {id}: HTTP {}",
             resp.status()
         );
-        resp.json_value().await
+        json_of(resp).await
     }
 
     pub async fn results(&self) -> Vec<Value> {
@@ -230,6 +230,21 @@ impl DevCloud {
         self.get("/admin/stats").await
     }
 
+    /// The gateway's command queues at the devcloud and the capacity it last advertised.
+    pub async fn commands(&self) -> Value {
+        self.get(&format!("/admin/gateways/{GATEWAY}/commands"))
+            .await
+    }
+
+    /// Fault: act as if result storage were down (no result stored or acked).
+    pub async fn ignore_results(&self, on: bool) {
+        self.post(
+            &format!("/admin/gateways/{GATEWAY}/faults"),
+            json!({"ignore_results": on}),
+        )
+        .await;
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let resp = self
             .http
@@ -242,7 +257,7 @@ impl DevCloud {
             "GET {path}: HTTP {}",
             resp.status()
         );
-        resp.json_value().await
+        json_of(resp).await
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -258,7 +273,7 @@ impl DevCloud {
             "POST {path}: HTTP {}",
             resp.status()
         );
-        resp.json_value().await
+        json_of(resp).await
     }
 }
 
@@ -312,8 +327,25 @@ pub fn password(id: &str) -> String {
 
 /// A config for `tetherd` against `cloud`, with the given appliances and extra TOML.
 pub fn config(dir: &Path, cloud: &DevCloud, appliances: &[&str], extra: &str) -> PathBuf {
+    config_with_mqtt(
+        dir,
+        cloud,
+        appliances,
+        "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n",
+        extra,
+    )
+}
+
+/// Like [`config`], with the body of the `[mqtt]` section given.
+pub fn config_with_mqtt(
+    dir: &Path,
+    cloud: &DevCloud,
+    appliances: &[&str],
+    mqtt: &str,
+    extra: &str,
+) -> PathBuf {
     let mut text = format!(
-        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\n",
+        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\n{mqtt}\n",
         dir.join("state").display(),
         cloud.url(),
         cloud.ca_file().display()
@@ -325,6 +357,15 @@ pub fn config(dir: &Path, cloud: &DevCloud, appliances: &[&str], extra: &str) ->
     let path = dir.join("tetherd.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A loopback port free right now (for a daemon that must keep its port across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real daemon, as a child process.
@@ -357,6 +398,20 @@ impl Tetherd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident set size in KiB (VmRSS) and its peak (VmHWM), from /proc.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     pub fn kill(&mut self) {
@@ -400,17 +455,14 @@ pub struct Appliance {
 }
 
 impl Appliance {
-    /// Connects, subscribes to its `cmd` topic, and returns once the SUBACK arrived.
+    /// Connects, subscribes to its `cmd` topic, and returns once the SUBACK arrived. It
+    /// reconnects and subscribes again by itself whenever the connection drops.
     pub async fn connect(mqtt: SocketAddr, id: &str, behaviour: Behaviour) -> Appliance {
         let mut opts = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
         opts.set_credentials(id, password(id));
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut events) = AsyncClient::new(opts, 256);
         events.network_options.set_tcp_nodelay(true);
-        client
-            .subscribe(format!("tether/{id}/cmd"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
         let (tx, received) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
@@ -420,9 +472,20 @@ impl Appliance {
             loop {
                 let event = match events.poll().await {
                     Ok(e) => e,
-                    Err(_) => break,
+                    Err(_) => {
+                        if tx.is_closed() {
+                            break;
+                        }
+                        // Reconnect pacing while the daemon is down, not synchronisation.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 match event {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        let _ =
+                            responder.try_subscribe(format!("tether/{me}/cmd"), QoS::AtLeastOnce);
+                    }
                     Event::Incoming(Packet::SubAck(_)) => {
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(());
@@ -434,15 +497,14 @@ impl Appliance {
                         let _ = tx.send((cid.clone(), cmd["payload"].clone()));
                         if behaviour == Behaviour::Echo {
                             let answer = json!({"id": cid, "ok": true, "payload": {"echo": cmd["payload"], "by": me}});
-                            responder
-                                .publish(
-                                    format!("tether/{me}/result"),
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    answer.to_string(),
-                                )
-                                .await
-                                .unwrap();
+                            let topic = format!("tether/{me}/result");
+                            // Never block the event loop on its own request queue.
+                            let publisher = responder.clone();
+                            tokio::spawn(async move {
+                                let _ = publisher
+                                    .publish(topic, QoS::AtLeastOnce, false, answer.to_string())
+                                    .await;
+                            });
                         }
                     }
                     _ => {}
@@ -458,6 +520,15 @@ impl Appliance {
             client,
             received,
         }
+    }
+
+    /// Every command received so far.
+    pub fn drain(&mut self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        while let Ok(c) = self.received.try_recv() {
+            out.push(c);
+        }
+        out
     }
 
     pub async fn next_command(&mut self) -> (String, Value) {
@@ -521,15 +592,9 @@ pub fn by_id(results: &[Value]) -> HashMap<String, Value> {
         .collect()
 }
 
-pub trait JsonValue {
-    async fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> Value {
-        let bytes = self.bytes().await.expect("response body");
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
-    }
+pub async fn json_of(resp: reqwest::Response) -> Value {
+    let bytes = resp.bytes().await.expect("response body");
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
 }
 
 /// Re-checks `check` every 20 ms until it returns `Some`, for conditions only visible by

@@ -38,11 +38,13 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         ([gw, "commands"], Method::POST) => enqueue(app, gw, req).await,
         ([gw, "commands"], Method::GET) => {
             let (queued, delivered) = app.store.commands(gw);
+            let capacity = app.store.last_capacity(gw);
             http::json(
                 StatusCode::OK,
-                &json!({ "queued": queued, "delivered": delivered }),
+                &json!({ "queued": queued, "delivered": delivered, "capacity": capacity }),
             )
         }
+        ([gw, "faults"], Method::POST) => faults(app, gw, req).await,
         ([gw, "results"], Method::GET) => {
             http::json(StatusCode::OK, &json!({ "results": app.store.results(gw) }))
         }
@@ -55,6 +57,20 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         _ => http::not_found(),
     }
+}
+
+/// `POST .../faults` `{"ignore_results": bool}`: switch fault modes for one gateway.
+async fn faults(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
+    let v: Value = match http::read_json(req, 64 * 1024).await {
+        Ok(v) => v,
+        Err(reject) => return reject.into(),
+    };
+    let ignore = v
+        .get("ignore_results")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    app.store.set_faults(gw, ignore);
+    http::json(StatusCode::OK, &json!({ "ignore_results": ignore }))
 }
 
 /// `POST .../commands`: one command object → `{"id"}`, an array of them → `{"ids"}`.

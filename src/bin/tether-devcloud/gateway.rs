@@ -57,6 +57,13 @@ pub struct Gateway {
     pub commands_changed: Arc<Notify>,
     /// Woken when results are stored.
     pub results_changed: Arc<Notify>,
+    /// Fault: act as if result storage were down (results are neither stored nor acked;
+    /// their commands still count as answered, so they are not resent).
+    pub ignore_results: bool,
+    /// Ids answered while `ignore_results` was on.
+    answered: HashSet<String>,
+    /// What the last poll advertised.
+    pub last_capacity: Option<u32>,
 }
 
 impl Gateway {
@@ -70,6 +77,11 @@ impl Gateway {
 
     /// Stores results (first copy wins) and returns the ids to acknowledge.
     pub fn store_results(&mut self, results: Vec<CommandResult>, now_ms: u64) -> Vec<String> {
+        if self.ignore_results {
+            self.answered
+                .extend(results.into_iter().map(|r| r.command_id));
+            return Vec::new();
+        }
         let mut acked = Vec::with_capacity(results.len());
         let mut seen = HashSet::with_capacity(results.len());
         for result in results {
@@ -95,6 +107,14 @@ impl Gateway {
         acked
     }
 
+    /// Turns the `ignore_results` fault on or off.
+    pub fn set_ignore_results(&mut self, on: bool) {
+        self.ignore_results = on;
+        if !on {
+            self.answered.clear();
+        }
+    }
+
     pub fn push_events(&mut self, events: Vec<Event>) {
         self.events.extend(events);
         let excess = self.events.len().saturating_sub(MAX_EVENTS);
@@ -109,7 +129,7 @@ impl Gateway {
         let mut lost = Vec::new();
         let mut kept = Vec::new();
         for q in self.delivered.drain(..) {
-            if self.result_index.contains_key(&q.id) {
+            if self.result_index.contains_key(&q.id) || self.answered.contains(&q.id) {
                 continue;
             }
             if pending.contains(q.id.as_str()) {
@@ -170,7 +190,7 @@ impl Gateway {
 
     /// Whether the command still matters (no result yet), i.e. belongs in a snapshot.
     pub fn is_live(&self, q: &Queued) -> bool {
-        !self.result_index.contains_key(&q.id)
+        !self.result_index.contains_key(&q.id) && !self.answered.contains(&q.id)
     }
 }
 

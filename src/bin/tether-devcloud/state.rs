@@ -107,6 +107,7 @@ impl Store {
         let g = inner.gateway(gw);
         let acked = g.store_results(req.results, now_ms);
         g.push_events(req.events);
+        g.last_capacity = Some(req.capacity);
         let requeued = g.requeue_lost(&req.pending);
         g.poll_generation += 1;
         let generation = g.poll_generation;
@@ -148,6 +149,16 @@ impl Store {
         g.push_events(events);
         let version = (!acked.is_empty()).then(|| inner.touch());
         (acked, version)
+    }
+
+    /// Fault switches of one gateway (see `Gateway::ignore_results`).
+    pub fn set_faults(&self, gw: &str, ignore_results: bool) {
+        self.lock().gateway(gw).set_ignore_results(ignore_results);
+    }
+
+    /// What the last poll of `gw` advertised as its capacity.
+    pub fn last_capacity(&self, gw: &str) -> Option<u32> {
+        self.lock().gateway(gw).last_capacity
     }
 
     /// Appends commands to the queue, giving `cN` ids to those without one, and wakes a
