@@ -35,12 +35,34 @@ enum Cmd {
     CheckConfig,
     /// Run a local devcloud, the daemon and simulated appliances, and show round trips.
     Demo,
+    /// Show what the journal holds: results owed, commands running (read-only).
+    Journal {
+        /// Rows listed per section.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::CheckConfig) => check_config(&cli.config),
+        Some(Cmd::Journal { limit }) => {
+            let config = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match tether::journal::inspect::summary(&config.gateway.state_dir, limit) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tetherd: cannot read the journal: {e}");
+                    ExitCode::from(EX_OSERR)
+                }
+            }
+        }
         Some(Cmd::Demo) => {
             tether::logging::init(log::LevelFilter::Error);
             runtime_then(tether::demo::run())
@@ -107,7 +129,7 @@ fn runtime_then(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 async fn run(config: Config) -> ExitCode {
     let app = match App::start(&config).await {
         Ok(app) => app,
-        Err(e @ (StartError::Uplink(_) | StartError::Journal(_))) => {
+        Err(e @ StartError::Uplink(_)) => {
             log::error!("cannot start: {e}");
             return ExitCode::from(EX_CONFIG);
         }

@@ -250,6 +250,20 @@ async fn acked_results_are_never_resent_and_owed_ones_survive_kill_dash_nine() {
     let expected: HashSet<&String> = first.iter().chain(&second).chain([&third]).collect();
     assert_eq!(got.keys().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|&n| n == 1), "a command ran twice");
+    // The operator's view, read while the daemon runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tetherd"))
+        .args(["journal", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("results owed to the cloud: 0"), "{text}");
+    assert!(text.contains("finished ids remembered:   41"), "{text}");
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cloud::wire::CommandResult;
 
+pub mod inspect;
 mod store;
 
 pub use store::{Interrupted, Recovery, now_ms};
