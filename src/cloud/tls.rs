@@ -26,6 +26,27 @@ pub enum SetupError {
     Client(String),
 }
 
+/// Reads a secret (token, private key), refusing a file others can read or anyone but
+/// its owner can write: a leaked device identity is worse than a daemon that will not
+/// start. Group read is allowed (root:tether 0640 is how the service reads it).
+fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| SetupError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
+        return Err(SetupError::Invalid {
+            path: path.to_owned(),
+            what: format!(
+                "holds a secret but its permissions are {mode:03o}; allow at most 0640 (chmod 600, or 640 with group tether)"
+            ),
+        });
+    }
+    read(path)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, SetupError> {
     std::fs::read(path).map_err(|source| SetupError::Read {
         path: path.to_owned(),
@@ -68,7 +89,7 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
     if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
         let mut pem = read(cert)?;
         pem.push(b'\n');
-        pem.extend_from_slice(&read(key)?);
+        pem.extend_from_slice(&read_secret(key)?);
         let identity = Identity::from_pem(&pem).map_err(|e| SetupError::Invalid {
             path: cert.clone(),
             what: format!("client certificate and key do not form an identity: {e}"),
@@ -89,7 +110,7 @@ pub fn load_token(cfg: &CloudConfig) -> Result<Option<HeaderValue>, SetupError> 
             _ => return Ok(None),
         },
     };
-    let raw = read(&path)?;
+    let raw = read_secret(&path)?;
     let token = String::from_utf8(raw).map_err(|_| SetupError::Invalid {
         path: path.clone(),
         what: "token is not UTF-8".into(),
@@ -109,4 +130,29 @@ pub fn load_token(cfg: &CloudConfig) -> Result<Option<HeaderValue>, SetupError> 
     // Keeps it out of HPACK tables and out of `Debug` output.
     value.set_sensitive(true);
     Ok(Some(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn secrets_with_loose_permissions_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tether-secret-{}-{:x}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "t0ken\n").unwrap();
+        for (mode, ok) in [(0o600, true), (0o640, true), (0o400, true), (0o644, false), (0o660, false), (0o604, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = read_secret(&path);
+            assert_eq!(got.is_ok(), ok, "mode {mode:o}");
+            if let Err(e) = got {
+                let text = e.to_string();
+                assert!(text.contains(&format!("{mode:03o}")) && !text.contains("t0ken"), "{text}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
