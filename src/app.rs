@@ -4,24 +4,39 @@
 //! Start order: the journal (replaying what a previous run left), the outbox, the MQTT
 //! endpoint (bound before anything reports ready: the LAN side works without the cloud),
 //! the router with one worker per appliance, recovery of interrupted commands, then the
-//! uplink driver. Every task runs on one [`TaskTracker`] under one [`CancellationToken`]; stopping
-//! means cancelling the token and waiting for the tracker to drain.
+//! uplink driver and the systemd supervisor (STATUS, watchdog). Every task runs on one
+//! [`TaskTracker`] under one [`CancellationToken`].
+//!
+//! Reload ([`App::reload`], on SIGHUP) applies what can change live: appliances, groups,
+//! limits and timeouts, cloud settings (a new client), the log level. What cannot
+//! (listen address, state directory, gateway id, journal settings) is reported and kept.
+//!
+//! Stop ([`App::shutdown`], on SIGTERM): polling stops (no new commands), running commands
+//! get `gateway.stop_grace` to finish while finished results still go out on the open
+//! link, then every task is cancelled and the journal is closed. Commands still running
+//! at that point stay in the journal: `interrupted` (or re-run) at the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use reqwest::header::HeaderValue;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cloud::driver::{Driver, Uplink};
+use crate::cloud::driver::{Driver, Reconfigure, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
-use crate::cloud::tls::SetupError;
+use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
 use crate::config::Config;
+use crate::health::Health;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
 use crate::router::Router;
+use crate::systemd::{self, Watched};
 use crate::transport::{Transports, mqtt};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +58,24 @@ pub struct App {
     pub mqtt: mqtt::MqttHandle,
     pub outbox: Arc<Outbox>,
     pub router: Router,
+    ble: Option<crate::transport::ble::BleHandle>,
     journal: Journal,
+    watched: Arc<Watched>,
+    /// The configuration in force (fields that need a restart keep their start value).
+    config: Config,
+    token: Option<HeaderValue>,
+    reload: mpsc::Sender<Reconfigure>,
+    drain: CancellationToken,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+fn session_config(config: &Config) -> SessionConfig {
+    SessionConfig {
+        poll_wait: config.cloud.poll_wait,
+        backoff_max: config.cloud.backoff_max,
+        linger: config.cloud.result_linger,
+    }
 }
 
 impl App {
@@ -55,6 +85,7 @@ impl App {
         let tracker = TaskTracker::new();
         // Set up the uplink first: a bad CA or token file should fail before we listen.
         let uplink = Uplink::new(&config.cloud, &config.gateway.id)?;
+        let token = tls::load_token(&config.cloud)?;
         let (journal, recovery) = Journal::open(
             &config.gateway.state_dir,
             config.state.sync,
@@ -80,7 +111,17 @@ impl App {
                 source,
             })?;
         log::info!("mqtt endpoint listening on {mqtt_addr}");
-        let transports = Transports { mqtt: mqtt.clone() };
+        // --- BLE transport (docs/ble.md): started only when BLE appliances are configured;
+        // it never fails to start (a missing adapter is waited for, BLE commands are
+        // `unreachable` meanwhile).
+        let ble = config.has_ble().then(|| {
+            crate::transport::ble::start(config, outbox.clone(), &tracker, cancel.clone())
+        });
+        // --- end of the BLE block.
+        let transports = Transports {
+            mqtt: mqtt.clone(),
+            ble: ble.clone(),
+        };
         let router = Router::start(
             config,
             transports,
@@ -91,23 +132,28 @@ impl App {
         );
         let recovering = router.clone();
         tracker.spawn(async move { recovering.recover(recovery.running).await });
-        let session = Session::new(
-            SessionConfig {
-                poll_wait: config.cloud.poll_wait,
-                backoff_max: config.cloud.backoff_max,
-                linger: config.cloud.result_linger,
-            },
-            Instant::now(),
-            fastrand::Rng::new(),
-        );
+        let session = Session::new(session_config(config), Instant::now(), fastrand::Rng::new());
+        let health = Arc::new(Health::default());
+        let (reload, reload_rx) = mpsc::channel(4);
+        let drain = CancellationToken::new();
         let driver = Driver {
             uplink,
             session,
             router: router.clone(),
             outbox: outbox.clone(),
+            health: health.clone(),
             max_batch: config.cloud.max_batch,
+            reload: reload_rx,
         };
-        tracker.spawn(driver.run(cancel.clone()));
+        tracker.spawn(driver.run(drain.clone(), cancel.clone()));
+        let watched = Arc::new(Watched {
+            health,
+            router: router.clone(),
+            mqtt: mqtt.clone(),
+            outbox: outbox.clone(),
+            appliances: AtomicUsize::new(config.appliances.len()),
+        });
+        tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
         log::info!(
             "tetherd {} started: gateway {}, cloud {}, {} appliance(s)",
             env!("CARGO_PKG_VERSION"),
@@ -120,14 +166,144 @@ impl App {
             mqtt,
             outbox,
             router,
+            ble,
             journal,
+            watched,
+            config: config.clone(),
+            token,
+            reload,
+            drain,
             cancel,
             tracker,
         })
     }
 
-    /// Stops every task and waits for them.
-    pub async fn shutdown(self) {
+    /// The one-line summary for systemd's STATUS.
+    pub fn status_line(&self) -> String {
+        self.watched.status_line()
+    }
+
+    /// Applies a reloaded configuration (already validated).
+    pub async fn reload(&mut self, mut new: Config) {
+        let old = &self.config;
+        let fixed = [
+            ("gateway.id", old.gateway.id != new.gateway.id),
+            (
+                "gateway.state_dir",
+                old.gateway.state_dir != new.gateway.state_dir,
+            ),
+            ("mqtt.listen", old.mqtt.listen != new.mqtt.listen),
+            (
+                "mqtt.topic_prefix",
+                old.mqtt.topic_prefix != new.mqtt.topic_prefix,
+            ),
+            (
+                "mqtt.max_payload",
+                old.mqtt.max_payload != new.mqtt.max_payload,
+            ),
+            (
+                "mqtt.max_connections",
+                old.mqtt.max_connections != new.mqtt.max_connections,
+            ),
+            ("state.sync", old.state.sync != new.state.sync),
+            (
+                "state.max_journal_bytes",
+                old.state.max_journal_bytes != new.state.max_journal_bytes,
+            ),
+            ("log.target", old.log.target != new.log.target),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                log::warn!(
+                    "reload: {key} changed; it takes effect at the next restart (kept as it was)"
+                );
+            }
+        }
+        new.gateway.id = old.gateway.id.clone();
+        new.gateway.state_dir = old.gateway.state_dir.clone();
+        new.mqtt = crate::config::MqttConfig {
+            startup_grace: new.mqtt.startup_grace,
+            idle_timeout: new.mqtt.idle_timeout,
+            connect_timeout: new.mqtt.connect_timeout,
+            max_events: new.mqtt.max_events,
+            ..old.mqtt.clone()
+        };
+        new.state = old.state.clone();
+        new.log.target = old.log.target;
+
+        crate::logging::set_level(new.log.level_filter());
+        match (&self.ble, new.has_ble()) {
+            (Some(ble), _) => ble.reconfigure(&new),
+            (None, true) => log::warn!(
+                "reload: the first BLE appliances take effect at the next restart (the BLE transport starts only then)"
+            ),
+            (None, false) => {}
+        }
+        self.router.reconfigure(&new);
+        self.mqtt.reconfigure(&new);
+        self.watched
+            .appliances
+            .store(new.appliances.len(), Ordering::Relaxed);
+        let token = match tls::load_token(&new.cloud) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("reload: {e}; keeping the cloud settings in force");
+                self.token.clone()
+            }
+        };
+        let mut uplink = None;
+        if new.cloud != old.cloud || token != self.token {
+            match Uplink::new(&new.cloud, &new.gateway.id) {
+                Ok(u) => {
+                    uplink = Some(u);
+                    self.token = token;
+                }
+                Err(e) => {
+                    log::error!("reload: cloud settings refused ({e}); keeping the ones in force");
+                    new.cloud = old.cloud.clone();
+                }
+            }
+        }
+        let change = Reconfigure {
+            uplink,
+            session: session_config(&new),
+            max_batch: new.cloud.max_batch,
+        };
+        if self.reload.send(change).await.is_err() {
+            log::warn!("reload: the uplink is stopping; cloud settings not applied");
+        }
+        log::info!(
+            "configuration reloaded: {} appliance(s), {} group(s)",
+            new.appliances.len(),
+            new.groups.len()
+        );
+        self.config = new;
+    }
+
+    /// Stops in order: no new commands, running ones get `grace` to finish (their results
+    /// still go out), then everything stops and the journal is closed.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.drain.cancel();
+        let running = self.router.pending_count();
+        if running > 0 {
+            log::info!("waiting up to {grace:?} for {running} running command(s)");
+            if tokio::time::timeout_at(deadline, self.router.idle())
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "{} command(s) still running at the end of the stop grace; they will be reported at the next start",
+                    self.router.pending_count()
+                );
+            }
+        }
+        // Give finished results a moment to reach the cloud on the open link; they are in
+        // the journal either way.
+        let flush_until = deadline.min(Instant::now() + Duration::from_secs(2));
+        while self.outbox.owed() > 0 && Instant::now() < flush_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;

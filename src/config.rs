@@ -18,6 +18,11 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 pub use crate::journal::SyncMode;
+pub use crate::logging::LogTarget;
+pub use crate::transport::ble::Encoding;
+pub use ble::BleConfig;
+
+mod ble;
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -27,6 +32,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub router: RouterConfig,
     pub state: StateConfig,
+    pub log: LogConfig,
+    pub ble: BleConfig,
     pub appliances: Vec<ApplianceConfig>,
     pub groups: BTreeMap<String, Vec<String>>,
 }
@@ -38,9 +45,17 @@ pub struct GatewayConfig {
     pub id: String,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// On SIGTERM, how long running commands may take to finish (keep it below the
+    /// unit's TimeoutStopSec).
+    #[serde(default = "default_stop_grace", with = "humantime_serde")]
+    pub stop_grace: Duration,
 }
 
-#[derive(Clone, Deserialize)]
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(20)
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     /// Base URL of the cloud; must be `https://`.
@@ -139,6 +154,39 @@ pub struct RouterConfig {
     pub max_command_bytes: usize,
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `auto` (journald under systemd, else stderr), `journal` or `stderr`.
+    #[serde(default = "default_log_target")]
+    pub target: LogTarget,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            target: default_log_target(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn level_filter(&self) -> log::LevelFilter {
+        crate::logging::parse_level(&self.level).unwrap_or(log::LevelFilter::Info)
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_log_target() -> LogTarget {
+    LogTarget::Auto
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -174,6 +222,20 @@ pub struct ApplianceConfig {
     /// MQTT password (username = client id = appliance id).
     #[serde(default)]
     pub password: Option<String>,
+    // BLE appliances (docs/ble.md): the device by `address` or advertised `name`, its GATT
+    // service and characteristics (UUIDs), and how payloads become bytes.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub command_char: Option<String>,
+    #[serde(default)]
+    pub result_char: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
 }
 
 impl fmt::Debug for ApplianceConfig {
@@ -190,6 +252,7 @@ impl fmt::Debug for ApplianceConfig {
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     Mqtt,
+    Ble,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -357,6 +420,8 @@ impl Config {
         let mut mqtt = None;
         let mut router = None;
         let mut state = None;
+        let mut log_section = None;
+        let mut ble_section = None;
         let mut appliances = Vec::new();
         let mut groups = BTreeMap::new();
         let mut appliance_spans = Vec::new();
@@ -368,6 +433,8 @@ impl Config {
                 "mqtt" => mqtt = doc.section(name, value),
                 "router" => router = doc.section(name, value),
                 "state" => state = doc.section(name, value),
+                "log" => log_section = doc.section(name, value),
+                "ble" => ble_section = doc.section(name, value),
                 "groups" => groups = doc.section(name, value).unwrap_or_default(),
                 "appliance" => match value.get_ref() {
                     DeValue::Array(items) => {
@@ -388,7 +455,7 @@ impl Config {
                 other => doc.problem(
                     other,
                     key.span(),
-                    "unknown section (expected gateway, cloud, mqtt, router, state, appliance, groups)",
+                    "unknown section (expected gateway, cloud, mqtt, router, state, log, ble, appliance, groups)",
                 ),
             }
         }
@@ -414,6 +481,13 @@ impl Config {
         v.mqtt(&mqtt);
         let router = router.unwrap_or_default();
         v.router(&router);
+        let log_config: LogConfig = log_section.unwrap_or_default();
+        if crate::logging::parse_level(&log_config.level).is_none() {
+            v.err(
+                &["log", "level"],
+                "must be one of error, warn, info, debug, trace, off",
+            );
+        }
         let state: StateConfig = state.unwrap_or_default();
         if state.max_journal_bytes < 1024 * 1024 {
             v.err(
@@ -421,6 +495,8 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             );
         }
+        let ble: BleConfig = ble_section.unwrap_or_default();
+        v.ble(&ble, &appliances);
         v.appliances(&appliances, &appliance_spans);
         v.groups(&groups, &appliances);
         match (gateway, cloud, doc.problems.is_empty()) {
@@ -430,6 +506,8 @@ impl Config {
                 mqtt,
                 router,
                 state,
+                log: log_config,
+                ble,
                 appliances: appliances.into_iter().map(|(_, a)| a).collect(),
                 groups,
             }),
@@ -663,6 +741,7 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
                 }
                 _ => {}
             }
+            self.ble_appliance(&idx, a);
         }
     }
 

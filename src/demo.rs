@@ -153,7 +153,7 @@ lights = ["lamp-1", "lamp-2"]
         stats["results_posts"],
         stats["requests_http2"]
     );
-    app.shutdown().await;
+    app.shutdown(Duration::from_secs(2)).await;
     Ok(())
 }
 

@@ -1,26 +1,60 @@
-//! Logging to stderr with structured key-values.
+//! Logging: to journald with structured fields, or to stderr.
 //!
-//! Each record is one line: `LEVEL message key=value ...`. Keys are written in upper case,
-//! the names they get as journald fields (COMMAND_ID, APPLIANCE, TRANSPORT, STATUS,
-//! DURATION_MS). The level comes from `RUST_LOG` (`error`, `warn`, `info`, `debug`,
-//! `trace`), default `info`; other crates log at `warn` and above only.
+//! Under systemd (stderr connected to the journal, or `log.target = "journal"`) records go
+//! to journald through systemd-journal-logger: key-values become upper-case fields
+//! (COMMAND_ID, APPLIANCE, TRANSPORT, STATUS, DURATION_MS), `info!` maps to PRIORITY=5.
+//! Otherwise each record is one stderr line: `LEVEL message KEY=value ...`.
+//! The level comes from `log.level`, and `RUST_LOG` (a level name) overrides it; other
+//! crates log at `warn` and above only. The level can change at run time (SIGHUP).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
+use serde::Deserialize;
+use systemd_journal_logger::JournalLog;
 
-struct StderrLogger {
-    level: LevelFilter,
+/// Where log records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// journald when stderr is connected to it (systemd sets `JOURNAL_STREAM`), else stderr.
+    Auto,
+    Journal,
+    Stderr,
 }
 
-impl Log for StderrLogger {
+/// The level for this crate's records; others are capped at `warn`.
+static LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+fn level() -> LevelFilter {
+    match LEVEL.load(Ordering::Relaxed) {
+        0 => LevelFilter::Off,
+        1 => LevelFilter::Error,
+        2 => LevelFilter::Warn,
+        3 => LevelFilter::Info,
+        4 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+enum Sink {
+    Journal(JournalLog),
+    Stderr,
+}
+
+struct Logger {
+    sink: Sink,
+}
+
+impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         let ours = metadata.target().starts_with("tether");
         let limit = if ours {
-            self.level
+            level()
         } else {
-            self.level.min(LevelFilter::Warn)
+            level().min(LevelFilter::Warn)
         };
         metadata.level() <= limit
     }
@@ -29,12 +63,16 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut line = format!("{:<5} {}", record.level(), record.args());
-        let mut fields = Fields(&mut line);
-        let _ = record.key_values().visit(&mut fields);
-        line.push('\n');
-        // One write per line so concurrent records do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        match &self.sink {
+            Sink::Journal(journal) => journal.log(record),
+            Sink::Stderr => {
+                let mut line = format!("{:<5} {}", record.level(), record.args());
+                let _ = record.key_values().visit(&mut Fields(&mut line));
+                line.push('\n');
+                // One write per line so concurrent records do not interleave.
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
     }
 
     fn flush(&self) {}
@@ -52,18 +90,36 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
     }
 }
 
-/// Parses a level name as used in `RUST_LOG`.
+/// Parses a level name (`error`, `warn`, `info`, `debug`, `trace`, `off`).
 pub fn parse_level(s: &str) -> Option<LevelFilter> {
     s.trim().parse().ok()
 }
 
-/// Installs the stderr logger once; later calls are ignored.
-pub fn init(default: LevelFilter) {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|s| parse_level(&s))
-        .unwrap_or(default);
-    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
-        log::set_max_level(level);
+fn env_level() -> Option<LevelFilter> {
+    std::env::var("RUST_LOG").ok().and_then(|s| parse_level(&s))
+}
+
+/// Installs the logger once; later calls are ignored.
+pub fn init(target: LogTarget, configured: LevelFilter) {
+    let sink = match target {
+        LogTarget::Stderr => Sink::Stderr,
+        LogTarget::Auto if !systemd_journal_logger::connected_to_journal() => Sink::Stderr,
+        LogTarget::Auto | LogTarget::Journal => match JournalLog::new() {
+            Ok(j) => Sink::Journal(j.with_syslog_identifier("tetherd".to_owned())),
+            Err(e) => {
+                eprintln!("tetherd: cannot log to journald ({e}); logging to stderr");
+                Sink::Stderr
+            }
+        },
+    };
+    if log::set_boxed_logger(Box::new(Logger { sink })).is_ok() {
+        set_level(configured);
     }
+}
+
+/// Changes the level at run time; `RUST_LOG`, when set, still wins.
+pub fn set_level(configured: LevelFilter) {
+    let level = env_level().unwrap_or(configured);
+    LEVEL.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level);
 }

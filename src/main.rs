@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tether::app::{App, StartError};
-use tether::config::{Config, ConfigError};
+use tether::config::{Config, ConfigError, LogTarget};
+use tether::systemd;
 
 /// sysexits.h EX_CONFIG.
 const EX_CONFIG: u8 = 78;
@@ -64,16 +65,16 @@ fn main() -> ExitCode {
             }
         }
         Some(Cmd::Demo) => {
-            tether::logging::init(log::LevelFilter::Error);
+            tether::logging::init(LogTarget::Stderr, log::LevelFilter::Error);
             runtime_then(tether::demo::run())
         }
         None => {
-            tether::logging::init(log::LevelFilter::Info);
             let config = match load(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            runtime_then(run(config))
+            tether::logging::init(config.log.target, config.log.level_filter());
+            runtime_then(run(cli.config, config))
         }
     }
 }
@@ -126,8 +127,18 @@ fn runtime_then(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
-    let app = match App::start(&config).await {
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("tetherd: cannot install signal handlers");
+        return ExitCode::from(EX_OSERR);
+    };
+    let grace = config.gateway.stop_grace;
+    let mut app = match App::start(&config).await {
         Ok(app) => app,
         Err(e @ StartError::Uplink(_)) => {
             log::error!("cannot start: {e}");
@@ -138,23 +149,33 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
-    wait_for_stop_signal().await;
-    log::info!("stopping");
-    app.shutdown().await;
-    ExitCode::SUCCESS
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    // Ready once the LAN endpoint listens and the journal is open, not when the cloud
+    // answers: the appliances' side works without it.
+    systemd::ready(&app.status_line());
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                systemd::reloading();
+                log::info!("SIGHUP: reloading {}", path.display());
+                match Config::load(&path) {
+                    Ok(new) => app.reload(new).await,
+                    Err(e) => {
+                        log::error!("reload refused, the configuration in force is kept: {e}");
+                        if let ConfigError::Invalid { problems, .. } = &e {
+                            for p in problems {
+                                log::error!("  {}: {p}", path.display());
+                            }
+                        }
+                    }
+                }
+                systemd::ready(&app.status_line());
+            }
+        }
     }
+    systemd::stopping();
+    log::info!("stopping");
+    app.shutdown(grace).await;
+    ExitCode::SUCCESS
 }

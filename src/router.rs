@@ -14,11 +14,11 @@
 //! running: `interrupted`, or run again when the command is idempotent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,13 +39,24 @@ pub struct Router {
 }
 
 struct Shared {
+    /// What the configuration says; replaced whole on reload.
+    routing: RwLock<Arc<Routing>>,
+    state: Mutex<State>,
+    /// Woken when the last pending command finishes (graceful stop waits for it).
+    idle: Notify,
+    outbox: Arc<Outbox>,
+    journal: Journal,
+    transports: Transports,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// Targets and limits from the configuration.
+struct Routing {
     cfg: RouterConfig,
     appliances: HashMap<String, TransportKind>,
     groups: BTreeMap<String, Vec<String>>,
     queues: HashMap<String, mpsc::Sender<Job>>,
-    state: Mutex<State>,
-    outbox: Arc<Outbox>,
-    journal: Journal,
 }
 
 #[derive(Default)]
@@ -80,14 +91,53 @@ impl Router {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Router {
-        let mut queues = HashMap::new();
-        let mut receivers = Vec::new();
-        for a in &config.appliances {
-            let (tx, rx) = mpsc::channel(config.router.max_queue_per_appliance);
-            queues.insert(a.id.clone(), tx);
-            receivers.push((a.id.clone(), a.transport, rx));
-        }
         let shared = Arc::new(Shared {
+            routing: RwLock::new(Arc::new(Routing {
+                cfg: config.router.clone(),
+                appliances: HashMap::new(),
+                groups: BTreeMap::new(),
+                queues: HashMap::new(),
+            })),
+            state: Mutex::new(State::default()),
+            idle: Notify::new(),
+            outbox,
+            journal,
+            transports,
+            tracker: tracker.clone(),
+            cancel,
+        });
+        let router = Router { shared };
+        router.reconfigure(config);
+        router
+    }
+
+    /// Applies a (re)loaded configuration: appliances, groups and limits change at once.
+    /// A new appliance gets a worker; a removed one's worker finishes what it has queued
+    /// and stops; a kept one keeps its queue and order.
+    pub fn reconfigure(&self, config: &Config) {
+        let old = self.shared.routing();
+        let mut queues = HashMap::new();
+        for a in &config.appliances {
+            match (old.queues.get(&a.id), old.appliances.get(&a.id)) {
+                (Some(q), Some(kind)) if *kind == a.transport => {
+                    queues.insert(a.id.clone(), q.clone());
+                }
+                _ => {
+                    let (tx, rx) = mpsc::channel(config.router.max_queue_per_appliance);
+                    queues.insert(a.id.clone(), tx);
+                    let worker = Worker {
+                        appliance: a.id.clone(),
+                        kind: a.transport,
+                        transports: self.shared.transports.clone(),
+                        shared: self.shared.clone(),
+                    };
+                    self.shared
+                        .tracker
+                        .spawn(worker.run(rx, self.shared.cancel.clone()));
+                }
+            }
+        }
+        let routing = Routing {
             cfg: config.router.clone(),
             appliances: config
                 .appliances
@@ -96,20 +146,30 @@ impl Router {
                 .collect(),
             groups: config.groups.clone(),
             queues,
-            state: Mutex::new(State::default()),
-            outbox,
-            journal,
-        });
-        for (id, kind, rx) in receivers {
-            let worker = Worker {
-                appliance: id,
-                kind,
-                transports: transports.clone(),
-                shared: shared.clone(),
-            };
-            tracker.spawn(worker.run(rx, cancel.clone()));
+        };
+        *self
+            .shared
+            .routing
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+    }
+
+    /// Commands accepted and not finished.
+    pub fn pending_count(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
+    /// Waits until no command is pending.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending_count() == 0 {
+                return;
+            }
+            notified.await;
         }
-        Router { shared }
     }
 
     /// Accepts the commands of one poll response. Every new command either starts, or
@@ -227,11 +287,13 @@ impl Router {
             return 0;
         }
         let pending = self.shared.lock().pending.len();
-        u32::try_from(self.shared.cfg.max_pending.saturating_sub(pending)).unwrap_or(u32::MAX)
+        let max = self.shared.routing().cfg.max_pending;
+        u32::try_from(max.saturating_sub(pending)).unwrap_or(u32::MAX)
     }
 
     async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>) {
-        let targets = match self.validate(&cmd) {
+        let routing = self.shared.routing();
+        let targets = match self.validate(&routing, &cmd) {
             Ok(t) => t,
             Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
         };
@@ -244,7 +306,7 @@ impl Router {
         let timeout = cmd
             .timeout_ms
             .map(Duration::from_millis)
-            .unwrap_or(self.shared.cfg.default_timeout);
+            .unwrap_or(routing.cfg.default_timeout);
         let payload = Arc::new(cmd.payload);
         let mut refused = Vec::new();
         {
@@ -266,7 +328,7 @@ impl Router {
                     deadline,
                     timeout,
                 };
-                let sent = self.shared.queues.get(target).map(|q| q.try_send(job));
+                let sent = routing.queues.get(target).map(|q| q.try_send(job));
                 if !matches!(sent, Some(Ok(()))) {
                     refused.push((index, target.clone()));
                 }
@@ -286,8 +348,8 @@ impl Router {
     }
 
     /// Resolves the targets and checks the bounds; the error is the `rejected` reason.
-    fn validate(&self, cmd: &Command) -> Result<Vec<String>, String> {
-        let cfg = &self.shared.cfg;
+    fn validate(&self, routing: &Routing, cmd: &Command) -> Result<Vec<String>, String> {
+        let cfg = &routing.cfg;
         if self.shared.lock().pending.len() >= cfg.max_pending {
             return Err("gateway at capacity; the cloud sent more commands than advertised".into());
         }
@@ -308,42 +370,16 @@ impl Router {
             }
             _ => {}
         }
-        let targets = self.resolve(&cmd.target)?;
+        let targets = resolve(routing, &cmd.target)?;
         let unknown: Vec<&str> = targets
             .iter()
-            .filter(|t| !self.shared.appliances.contains_key(*t))
+            .filter(|t| !routing.appliances.contains_key(*t))
             .map(String::as_str)
             .collect();
         if !unknown.is_empty() {
             return Err(format!("unknown target(s): {}", unknown.join(", ")));
         }
         Ok(targets)
-    }
-
-    fn resolve(&self, target: &Target) -> Result<Vec<String>, String> {
-        let list = match target {
-            Target::One(t) => match t.strip_prefix("group:") {
-                Some(name) => self
-                    .shared
-                    .groups
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown group {name:?}"))?,
-                None => vec![t.clone()],
-            },
-            Target::Many(list) => list.clone(),
-        };
-        if list.is_empty() {
-            return Err("target list is empty".into());
-        }
-        if list.len() > self.shared.appliances.len().max(1) {
-            return Err("more targets than configured appliances".into());
-        }
-        let mut seen = HashSet::new();
-        Ok(list
-            .into_iter()
-            .filter(|t| seen.insert(t.clone()))
-            .collect())
     }
 
     /// A command without a usable id cannot be answered: report it as an event.
@@ -372,6 +408,13 @@ impl Router {
 }
 
 impl Shared {
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -397,8 +440,38 @@ impl Shared {
             aggregate(command_id, p)
         };
         self.outbox.push_result(result).await;
-        self.lock().pending.remove(command_id);
+        let mut state = self.lock();
+        state.pending.remove(command_id);
+        if state.pending.is_empty() {
+            self.idle.notify_waiters();
+        }
     }
+}
+
+/// Expands a target into appliance ids (duplicates removed, order kept).
+fn resolve(routing: &Routing, target: &Target) -> Result<Vec<String>, String> {
+    let list = match target {
+        Target::One(t) => match t.strip_prefix("group:") {
+            Some(name) => routing
+                .groups
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("unknown group {name:?}"))?,
+            None => vec![t.clone()],
+        },
+        Target::Many(list) => list.clone(),
+    };
+    if list.is_empty() {
+        return Err("target list is empty".into());
+    }
+    if list.len() > routing.appliances.len().max(1) {
+        return Err("more targets than configured appliances".into());
+    }
+    let mut seen = HashSet::new();
+    Ok(list
+        .into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect())
 }
 
 fn aggregate(command_id: &str, p: &Pending) -> CommandResult {
@@ -473,6 +546,7 @@ impl Worker {
         let start = Instant::now();
         let transport = match self.kind {
             TransportKind::Mqtt => "mqtt",
+            TransportKind::Ble => "ble",
         };
         let outcome = if job.deadline.is_some_and(|d| d <= start) {
             None
@@ -481,6 +555,7 @@ impl Worker {
                 command_id: job.command_id.clone(),
                 payload: (*job.payload).clone(),
                 timeout: job.timeout,
+                deadline: job.deadline,
             };
             Some(
                 self.transports

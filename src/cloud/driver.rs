@@ -17,13 +17,15 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{Action, Failure, LinkState, Session};
+use super::session::{Action, Failure, LinkState, Session, SessionConfig};
 use super::tls;
 use super::wire::{PollRequest, PollResponse, ResultsRequest, ResultsResponse};
 use crate::config::CloudConfig;
+use crate::health::{BEAT_INTERVAL, Health};
 use crate::outbox::{Batch, Outbox};
 use crate::router::Router;
 
@@ -98,8 +100,30 @@ impl Uplink {
         })
     }
 
+    /// One request, abandoned as a whole (headers and body) after `wait` plus
+    /// `cloud.request_timeout`: a server that sends headers and then stalls cannot hold the
+    /// uplink, even while it keeps answering HTTP/2 PINGs.
     async fn post<B: Serialize, R: DeserializeOwned>(
         self,
+        url_is_poll: bool,
+        body: B,
+        wait: Duration,
+    ) -> Result<R, RequestError> {
+        let limit = wait + self.inner.request_timeout;
+        log::debug!(
+            "request {} (limit {limit:?})",
+            if url_is_poll { "poll" } else { "flush" }
+        );
+        match tokio::time::timeout(limit, self.exchange(url_is_poll, body, wait)).await {
+            Ok(out) => out,
+            Err(_) => Err(RequestError::Transport(format!(
+                "no complete response within {limit:?}"
+            ))),
+        }
+    }
+
+    async fn exchange<B: Serialize, R: DeserializeOwned>(
+        &self,
         url_is_poll: bool,
         body: B,
         wait: Duration,
@@ -185,14 +209,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-type Pending<T> = Option<Pin<Box<dyn Future<Output = (Batch, Result<T, RequestError>)> + Send>>>;
+type Request<T> = Option<Pin<Box<dyn Future<Output = Result<T, RequestError>> + Send>>>;
 
-/// Resolves when the optional future does; never, if there is none.
-async fn next<T>(fut: &mut Pending<T>) -> (Batch, Result<T, RequestError>) {
+/// Resolves when the optional request does; never, if there is none.
+async fn next<T>(fut: &mut Request<T>) -> Result<T, RequestError> {
     match fut {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
+}
+
+/// A new `[cloud]` section after a reload, with a client already built from it.
+pub struct Reconfigure {
+    pub uplink: Option<Uplink>,
+    pub session: SessionConfig,
+    pub max_batch: usize,
 }
 
 /// Everything the driver loop works with.
@@ -201,17 +232,26 @@ pub struct Driver {
     pub session: Session,
     pub router: Router,
     pub outbox: Arc<Outbox>,
+    pub health: Arc<Health>,
     pub max_batch: usize,
+    pub reload: mpsc::Receiver<Reconfigure>,
 }
 
 impl Driver {
-    /// Polls until `cancel`.
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let mut poll: Pending<PollResponse> = None;
-        let mut flush: Pending<ResultsResponse> = None;
+    /// Polls until `drain`, then only flushes results until `cancel`.
+    pub async fn run(mut self, drain: CancellationToken, cancel: CancellationToken) {
+        let mut poll: Request<PollResponse> = None;
+        let mut poll_batch = None;
+        let mut flush: Request<ResultsResponse> = None;
+        let mut flush_batch = None;
         let mut batch_limit = self.max_batch;
         let mut logged_state = LinkState::Connecting;
+        let mut draining = false;
+        let wedge = std::env::var("TETHER_FAULT").is_ok_and(|f| f == "wedge-uplink");
+        let mut beat = tokio::time::interval(BEAT_INTERVAL);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.health.beat_uplink();
             let now = Instant::now();
             while let Some(action) = self.session.poll_action(now) {
                 match action {
@@ -225,10 +265,9 @@ impl Driver {
                             events: batch.events.clone(),
                             capacity: self.router.capacity(),
                         };
+                        poll_batch = Some(batch);
                         let uplink = self.uplink.clone();
-                        poll = Some(Box::pin(async move {
-                            (batch, uplink.post(true, body, wait).await)
-                        }));
+                        poll = Some(Box::pin(uplink.post(true, body, wait)));
                     }
                     Action::Flush => {
                         let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
@@ -242,27 +281,41 @@ impl Driver {
                             results: batch.results.clone(),
                             events: batch.events.clone(),
                         };
+                        flush_batch = Some(batch);
                         let uplink = self.uplink.clone();
-                        let wait = Duration::ZERO;
-                        flush = Some(Box::pin(async move {
-                            (batch, uplink.post(false, body, wait).await)
-                        }));
+                        flush = Some(Box::pin(uplink.post(false, body, Duration::ZERO)));
                     }
                 }
             }
             let deadline = self.session.poll_timeout();
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                (batch, out) = next(&mut poll) => {
+                _ = cancel.cancelled() => break,
+                _ = drain.cancelled(), if !draining => {
+                    draining = true;
+                    // The held poll is dropped: its results become eligible for flushes.
                     poll = None;
+                    if let Some(batch) = poll_batch.take() {
+                        self.outbox.settle(batch, &[], false).await;
+                    }
+                    self.session.drain(Instant::now());
+                    log::info!("stopped polling; owed results still go out while the link is up");
+                }
+                out = next(&mut poll) => {
+                    poll = None;
+                    let batch = poll_batch.take().unwrap_or_default();
                     let now = Instant::now();
                     match out {
                         Ok(resp) => {
+                            let had_commands = !resp.commands.is_empty();
                             // Commands first, so the next poll lists them as pending.
                             self.router.submit(resp.commands).await;
                             self.outbox.settle(batch, &resp.acked, true).await;
                             batch_limit = (batch_limit * 2).min(self.max_batch);
                             self.session.poll_done(now, Ok(resp.poll));
+                            if wedge && had_commands {
+                                log::warn!("TETHER_FAULT=wedge-uplink: the uplink loop stops turning now");
+                                std::future::pending::<()>().await;
+                            }
                         }
                         Err(e) => {
                             let failure = e.failure(!batch.results.is_empty());
@@ -272,12 +325,14 @@ impl Driver {
                             self.outbox.settle(batch, &[], false).await;
                             self.session.poll_done(now, Err(failure));
                             self.log_failure(&e, logged_state);
+                            self.health.set_link(self.session.state(), Some(e.to_string()));
                         }
                     }
                     logged_state = self.log_transition(logged_state);
                 }
-                (batch, out) = next(&mut flush) => {
+                out = next(&mut flush) => {
                     flush = None;
+                    let batch = flush_batch.take().unwrap_or_default();
                     let ok = match out {
                         Ok(resp) => {
                             self.outbox.settle(batch, &resp.acked, true).await;
@@ -291,9 +346,25 @@ impl Driver {
                     };
                     self.session.flush_done(Instant::now(), ok);
                 }
+                Some(change) = self.reload.recv() => {
+                    if let Some(uplink) = change.uplink {
+                        // Requests in flight finish on the old client; new ones use the new.
+                        self.uplink = uplink;
+                        log::info!("cloud settings reloaded; the next request uses them");
+                        self.session.retry_now(Instant::now());
+                    }
+                    self.session.reconfigure(change.session);
+                    self.max_batch = change.max_batch;
+                    batch_limit = batch_limit.min(self.max_batch);
+                }
                 _ = self.outbox.changed() => self.session.results_ready(Instant::now()),
+                _ = beat.tick() => {}
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {}
             }
+        }
+        // Whatever was riding in an unfinished request stays owed (it is in the journal).
+        for batch in [poll_batch, flush_batch].into_iter().flatten() {
+            self.outbox.settle(batch, &[], false).await;
         }
     }
 
@@ -332,6 +403,7 @@ impl Driver {
         let state = self.session.state();
         if state != previous && state == LinkState::Online {
             log::info!("cloud link {}", state.as_str());
+            self.health.set_link(state, None);
         }
         state
     }

@@ -98,6 +98,8 @@ pub struct Session {
     link_proven: bool,
     failures: u32,
     state: LinkState,
+    /// Stopping: no more polls; owed results still go out by flush.
+    draining: bool,
     rng: fastrand::Rng,
 }
 
@@ -119,6 +121,7 @@ impl Session {
             link_proven: false,
             failures: 0,
             state: LinkState::Connecting,
+            draining: false,
             rng,
         }
     }
@@ -134,7 +137,7 @@ impl Session {
 
     /// The next thing to start, if any is due at `now`. Call until it returns `None`.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
-        if !self.poll_in_flight && self.next_poll <= now {
+        if !self.draining && !self.poll_in_flight && self.next_poll <= now {
             self.poll_in_flight = true;
             // Results that were waiting for a flush ride in this poll instead.
             self.flush_due = None;
@@ -163,7 +166,7 @@ impl Session {
 
     /// When `poll_action` next has something to return; `None`: only an event will tell.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let poll = (!self.poll_in_flight).then_some(self.next_poll);
+        let poll = (!self.poll_in_flight && !self.draining).then_some(self.next_poll);
         let flush = self.flush_due.filter(|_| self.can_flush());
         match (poll, flush) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -172,12 +175,36 @@ impl Session {
     }
 
     fn can_flush(&self) -> bool {
-        self.poll_in_flight && self.link_proven && !self.flush_in_flight
+        (self.poll_in_flight || self.draining) && self.link_proven && !self.flush_in_flight
+    }
+
+    /// Stop polling (the daemon is stopping); the driver drops the held poll. Results
+    /// that finish from now on still go out by early flush while the link is up.
+    pub fn drain(&mut self, now: Instant) {
+        self.draining = true;
+        self.poll_in_flight = false;
+        self.results_ready(now);
+    }
+
+    /// New timing knobs (after a configuration reload); they apply from the next decision.
+    pub fn reconfigure(&mut self, cfg: SessionConfig) {
+        if !self.link_proven || self.cadence.wait_s == self.cfg.poll_wait.as_secs() {
+            self.cadence.wait_s = cfg.poll_wait.as_secs();
+        }
+        self.cfg = cfg;
+    }
+
+    /// New credentials or settings arrived: retry at once instead of after the backoff
+    /// (an operator who fixed the token should not wait five minutes).
+    pub fn retry_now(&mut self, now: Instant) {
+        if !self.poll_in_flight && self.next_poll > now {
+            self.next_poll = now;
+        }
     }
 
     /// New results are owed to the cloud.
     pub fn results_ready(&mut self, now: Instant) {
-        if !self.poll_in_flight || !self.link_proven {
+        if !(self.poll_in_flight || self.draining) || !self.link_proven {
             // They ride in the next poll.
             return;
         }

@@ -140,17 +140,31 @@ mod tests {
 
     #[test]
     fn secrets_with_loose_permissions_are_refused() {
-        let dir = std::env::temp_dir().join(format!("tether-secret-{}-{:x}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "tether-secret-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "t0ken\n").unwrap();
-        for (mode, ok) in [(0o600, true), (0o640, true), (0o400, true), (0o644, false), (0o660, false), (0o604, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o640, true),
+            (0o400, true),
+            (0o644, false),
+            (0o660, false),
+            (0o604, false),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let got = read_secret(&path);
             assert_eq!(got.is_ok(), ok, "mode {mode:o}");
             if let Err(e) = got {
                 let text = e.to_string();
-                assert!(text.contains(&format!("{mode:03o}")) && !text.contains("t0ken"), "{text}");
+                assert!(
+                    text.contains(&format!("{mode:03o}")) && !text.contains("t0ken"),
+                    "{text}"
+                );
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -140,3 +140,198 @@ fn debug_output_hides_passwords() {
     assert!(!dbg.contains("\"pw\""), "{dbg}");
     assert!(dbg.contains("redacted"));
 }
+
+// ---- BLE: the [ble] section and BLE appliances ----
+
+const BLE_LAMP: &str = r#"
+[[appliance]]
+id = "ble-lamp"
+transport = "ble"
+address = "AA:BB:CC:DD:EE:01"
+service = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+command_char = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
+result_char = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+"#;
+
+/// MINIMAL plus `extra`, and the line number (1-based) where `extra` starts.
+fn with(extra: &str) -> (String, usize) {
+    let text = format!("{MINIMAL}{extra}");
+    let first = MINIMAL.lines().count() + 1;
+    (text, first)
+}
+
+#[test]
+fn ble_defaults_apply_and_ble_appliances_parse() {
+    let (text, _) = with(BLE_LAMP);
+    let c = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(c.ble.adapter, None);
+    assert_eq!(c.ble.max_connections, 4);
+    assert_eq!(c.ble.idle_disconnect, Duration::from_secs(30));
+    assert_eq!(c.ble.scan_timeout, Duration::from_secs(10));
+    assert_eq!(c.ble.connect_timeout, Duration::from_secs(5));
+    assert!(c.has_ble());
+    let lamp = c.appliance("ble-lamp").unwrap();
+    assert_eq!(lamp.transport, TransportKind::Ble);
+    assert_eq!(
+        lamp.encoding, None,
+        "json is the default, applied by the transport"
+    );
+    assert!(!Config::parse(MINIMAL).unwrap().has_ble());
+}
+
+#[test]
+fn a_ble_section_with_every_key() {
+    let (text, _) = with(&format!(
+        "{BLE_LAMP}encoding = \"base64\"\n\n[ble]\nadapter = \"hci1\"\nmax_connections = 7\nidle_disconnect = \"2m\"\nscan_timeout = \"20s\"\nconnect_timeout = \"3s\"\n"
+    ));
+    let c = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(c.ble.adapter.as_deref(), Some("hci1"));
+    assert_eq!(c.ble.max_connections, 7);
+    assert_eq!(c.ble.idle_disconnect, Duration::from_secs(120));
+    assert_eq!(c.ble.scan_timeout, Duration::from_secs(20));
+    assert_eq!(c.ble.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.appliances[1].encoding, Some(Encoding::Base64));
+}
+
+#[test]
+fn a_ble_appliance_may_be_found_by_name_and_use_short_uuids() {
+    let text = format!(
+        "{MINIMAL}\n[[appliance]]\nid = \"hm10\"\ntransport = \"ble\"\nname = \"HMSoft\"\nservice = \"ffe0\"\ncommand_char = \"ffe1\"\nresult_char = \"ffe1\"\nencoding = \"utf8\"\n"
+    );
+    let c = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+    let a = c.appliance("hm10").unwrap();
+    assert_eq!(a.name.as_deref(), Some("HMSoft"));
+    assert_eq!(a.encoding, Some(Encoding::Utf8));
+}
+
+#[test]
+fn ble_section_problems_are_named_with_their_line() {
+    let (text, first) =
+        with("\n[ble]\nmax_connections = 0\nidle_disconnect = \"0s\"\nscan_timeout = \"soon\"\n");
+    let p = problems(&text);
+    assert!(has(&p, "ble.scan_timeout", Some(first + 4)), "{p:#?}");
+    // A section that does not deserialize hides its other problems (as for every section);
+    // fix the duration and the rest are all reported.
+    let (text, first) =
+        with("\n[ble]\nmax_connections = 0\nidle_disconnect = \"0s\"\nadapter = \"hci 0\"\n");
+    let p = problems(&text);
+    assert!(has(&p, "ble.max_connections", Some(first + 2)), "{p:#?}");
+    assert!(has(&p, "ble.idle_disconnect", Some(first + 3)), "{p:#?}");
+    assert!(has(&p, "ble.adapter", Some(first + 4)), "{p:#?}");
+    let (text, first) = with("\n[ble]\nmax_links = 3\n");
+    let p = problems(&text);
+    assert!(has(&p, "ble.max_links", Some(first + 2)), "{p:#?}");
+    assert!(p[0].message.contains("unknown field"), "{p:#?}");
+}
+
+#[test]
+fn ble_appliance_problems_are_named_with_their_line() {
+    let text = format!(
+        "{MINIMAL}
+[[appliance]]
+id = \"bad-ble\"
+transport = \"ble\"
+address = \"AA:BB:CC:DD:EE\"
+service = \"not-a-uuid\"
+command_char = \"6e400002-b5a3-f393-e0a9-e50e24dcca9e\"
+password = \"pw\"
+"
+    );
+    let first = MINIMAL.lines().count() + 2;
+    let p = problems(&text);
+    assert!(has(&p, "appliance[1].address", Some(first + 3)), "{p:#?}");
+    assert!(has(&p, "appliance[1].service", Some(first + 4)), "{p:#?}");
+    assert!(has(&p, "appliance[1].password", Some(first + 6)), "{p:#?}");
+    // Missing keys have no line of their own: the appliance's table is the nearest.
+    assert!(
+        p.iter()
+            .any(|x| x.key == "appliance[1].result_char" && x.message.contains("required")),
+        "{p:#?}"
+    );
+    assert!(
+        !p.iter().any(|x| x.key == "appliance[1].command_char"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_ble_appliance_needs_exactly_one_of_address_and_name() {
+    let none = BLE_LAMP.replace("address = \"AA:BB:CC:DD:EE:01\"\n", "");
+    let p = problems(&with(&none).0);
+    assert!(
+        p.iter()
+            .any(|x| x.key == "appliance[1].address" && x.message.contains("name")),
+        "{p:#?}"
+    );
+    let both = BLE_LAMP.replace(
+        "transport = \"ble\"\n",
+        "transport = \"ble\"\nname = \"lamp\"\n",
+    );
+    let p = problems(&with(&both).0);
+    assert!(
+        p.iter()
+            .any(|x| x.key == "appliance[1].name" && x.message.contains("not both")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_bad_encoding_is_named_with_its_line() {
+    let (text, first) = with(&format!("{BLE_LAMP}encoding = \"morse\"\n"));
+    let p = problems(&text);
+    assert!(has(&p, "appliance[1].encoding", Some(first + 8)), "{p:#?}");
+}
+
+#[test]
+fn ble_keys_on_an_mqtt_appliance_are_refused() {
+    let text = MINIMAL.replace(
+        "password = \"pw\"\n",
+        "password = \"pw\"\naddress = \"AA:BB:CC:DD:EE:01\"\nencoding = \"hex\"\n",
+    );
+    let p = problems(&text);
+    assert!(has(&p, "appliance[0].address", Some(12)), "{p:#?}");
+    assert!(has(&p, "appliance[0].encoding", Some(13)), "{p:#?}");
+    assert!(
+        p.iter().all(|x| x.message.contains("only for BLE")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn the_example_documents_every_ble_key() {
+    let text = include_str!("../../config.example.toml");
+    for key in [
+        "[ble]",
+        "adapter",
+        "max_connections",
+        "idle_disconnect",
+        "scan_timeout",
+        "connect_timeout",
+        "transport = \"ble\"",
+        "address",
+        "name",
+        "service",
+        "command_char",
+        "result_char",
+        "encoding",
+    ] {
+        assert!(text.contains(key), "config.example.toml lacks {key}");
+    }
+    let c = Config::parse(text).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(
+        c.ble,
+        BleConfig::default(),
+        "the example shows the defaults"
+    );
+}
+
+#[test]
+fn two_ble_appliances_on_one_device_are_refused() {
+    let twin = BLE_LAMP
+        .replace("ble-lamp", "ble-twin")
+        .replace("AA:BB:CC:DD:EE:01", "aa:bb:cc:dd:ee:01");
+    let (text, first) = with(&format!("{BLE_LAMP}{twin}"));
+    let p = problems(&text);
+    assert!(has(&p, "appliance[2].address", Some(first + 12)), "{p:#?}");
+    assert!(p[0].message.contains("ble-lamp"), "{p:#?}");
+}

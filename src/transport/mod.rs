@@ -2,15 +2,18 @@
 //!
 //! The router hands each (command, appliance) pair to [`Transports::execute`] and gets
 //! one [`Outcome`]. Each transport owns its own connections and correlation; the router
-//! knows nothing about MQTT topics or GATT characteristics.
+//! knows nothing about MQTT topics or GATT characteristics. [`mqtt`] is the daemon's own
+//! MQTT endpoint; [`ble`] reaches Bluetooth Low Energy appliances through BlueZ.
 
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::cloud::wire::Status;
 use crate::config::TransportKind;
 
+pub mod ble;
 pub mod mqtt;
 
 /// One command for one appliance.
@@ -21,6 +24,9 @@ pub struct Dispatch {
     pub payload: Value,
     /// How long the appliance may take to answer.
     pub timeout: Duration,
+    /// When the command's TTL runs out (`None`: no TTL). A transport that queues before
+    /// sending (BLE waits for a link slot) must not send after it: `Outcome::Expired`.
+    pub deadline: Option<Instant>,
 }
 
 /// How one appliance's part of a command ended.
@@ -36,6 +42,8 @@ pub enum Outcome {
     Unreachable(String),
     /// The link dropped after the command was sent: it may or may not have acted.
     Interrupted(String),
+    /// The TTL ran out while the transport waited to send: never sent.
+    Expired(String),
 }
 
 impl Outcome {
@@ -46,6 +54,7 @@ impl Outcome {
             Outcome::Timeout => Status::Timeout,
             Outcome::Unreachable(_) => Status::Unreachable,
             Outcome::Interrupted(_) => Status::Interrupted,
+            Outcome::Expired(_) => Status::Expired,
         }
     }
 
@@ -53,9 +62,10 @@ impl Outcome {
     pub fn into_parts(self) -> (Option<Value>, Option<String>) {
         match self {
             Outcome::Ok(payload) => (payload, None),
-            Outcome::Error(e) | Outcome::Unreachable(e) | Outcome::Interrupted(e) => {
-                (None, Some(e))
-            }
+            Outcome::Error(e)
+            | Outcome::Unreachable(e)
+            | Outcome::Interrupted(e)
+            | Outcome::Expired(e) => (None, Some(e)),
             Outcome::Timeout => (None, Some("no answer before the timeout".into())),
         }
     }
@@ -65,6 +75,8 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Transports {
     pub mqtt: mqtt::MqttHandle,
+    /// Running only when BLE appliances are configured.
+    pub ble: Option<ble::BleHandle>,
 }
 
 impl Transports {
@@ -76,6 +88,13 @@ impl Transports {
     ) -> Outcome {
         match kind {
             TransportKind::Mqtt => self.mqtt.execute(appliance, dispatch).await,
+            TransportKind::Ble => match &self.ble {
+                Some(ble) => ble.execute(appliance, dispatch).await,
+                None => Outcome::Unreachable(
+                    "the BLE transport is not running (no BLE appliance was configured at start)"
+                        .into(),
+                ),
+            },
         }
     }
 }

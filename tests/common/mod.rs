@@ -50,6 +50,42 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Appends a line (for sources other than a pipe, such as datagrams).
+    pub fn push(&self, line: String) {
+        let (lock, cvar) = &*self.inner;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        cvar.notify_all();
+    }
+
+    /// Collects journald native-protocol datagrams sent to a socket bound at `path`, each
+    /// entry normalised to `KEY=value` lines (values sent length-encoded are decoded).
+    pub fn from_journal(path: &Path) -> Lines {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind journal socket");
+        let lines = Lines::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.push(parse_journal_datagram(&buf[..n]));
+            }
+        });
+        lines
+    }
+
+    /// Collects every datagram received on a Unix socket bound at `path`, one entry each.
+    pub fn from_datagrams(path: &Path) -> Lines {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind datagram socket");
+        let lines = Lines::default();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        lines
+    }
+
     fn follow(&self, pipe: impl std::io::Read + Send + 'static, echo: &'static str) {
         let this = self.clone();
         std::thread::spawn(move || {
@@ -377,23 +413,56 @@ pub struct Tetherd {
 
 impl Tetherd {
     pub fn start(config: &Path) -> Tetherd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tetherd"))
-            .arg("--config")
+        Tetherd::start_with_env(config, &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Tetherd {
+        Tetherd::start_wrapped(config, env, &[])
+    }
+
+    /// Starts the daemon under `wrapper` (a command line that ends by running the binary
+    /// given as its last argument, e.g. `unshare ... sh -c '... exec "$0" "$@"'`).
+    pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Tetherd {
+        let bin = env!("CARGO_BIN_EXE_tetherd");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
+        cmd.arg("--config")
             .arg(config)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tetherd");
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tetherd");
         let log = Lines::default();
         log.follow(child.stderr.take().unwrap(), "tetherd");
         let line = log.wait_for("mqtt endpoint listening on ");
         let mqtt = line
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("bad listening line: {line}"));
         Tetherd { child, log, mqtt }
+    }
+
+    /// Sends a signal (`kill -s NAME`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {name}");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -675,4 +744,28 @@ impl RawClient {
             }
         }
     }
+}
+
+/// journald's native protocol: `KEY=value\n`, or `KEY\n` + 64-bit LE length + value + `\n`.
+fn parse_journal_datagram(mut data: &[u8]) -> String {
+    let mut out = String::new();
+    while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..nl];
+        data = &data[nl + 1..];
+        if line.contains(&b'=') {
+            out.push_str(&String::from_utf8_lossy(line));
+        } else {
+            if data.len() < 8 {
+                break;
+            }
+            let len = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+            let value = &data[8..(8 + len).min(data.len())];
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('=');
+            out.push_str(&String::from_utf8_lossy(value));
+            data = data.get(8 + len + 1..).unwrap_or_default();
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -210,3 +210,58 @@ async fn refused_batch_retries_at_once_and_failure_stops_flushes() {
     advance(Duration::from_secs(1)).await;
     assert_eq!(s.poll_action(Instant::now()), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn draining_stops_polls_but_still_flushes_results() {
+    let mut s = session();
+    ok_poll(&mut s);
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    // Whatever is owed gets a flush at once; later results too, at the linger pace.
+    s.drain(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    s.flush_done(Instant::now(), true);
+    s.results_ready(Instant::now());
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    s.flush_done(Instant::now(), true);
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        None,
+        "no poll while draining"
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconfigure_changes_the_wait_unless_the_server_steers_it() {
+    let mut s = session();
+    let mut new = cfg();
+    new.poll_wait = Duration::from_secs(5);
+    ok_poll(&mut s);
+    s.reconfigure(new.clone());
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll {
+            wait: Duration::from_secs(5)
+        })
+    );
+    s.poll_done(
+        Instant::now(),
+        Ok(Some(Cadence {
+            wait_s: 20,
+            interval_s: 0,
+        })),
+    );
+    new.poll_wait = Duration::from_secs(7);
+    s.reconfigure(new);
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll {
+            wait: Duration::from_secs(20)
+        })
+    );
+}

@@ -40,7 +40,7 @@ pub enum ToConn {
 pub struct Hub {
     prefix: String,
     max_payload: usize,
-    passwords: HashMap<String, String>,
+    passwords: std::sync::RwLock<HashMap<String, String>>,
     slots: Mutex<HashMap<String, Slot>>,
     outbox: Arc<Outbox>,
     next_generation: AtomicU64,
@@ -92,7 +92,7 @@ impl Hub {
         Hub {
             prefix,
             max_payload,
-            passwords,
+            passwords: std::sync::RwLock::new(passwords),
             slots: Mutex::new(slots),
             outbox,
             next_generation: AtomicU64::new(1),
@@ -124,9 +124,35 @@ impl Hub {
         if user != client_id {
             return false;
         }
-        match self.passwords.get(user) {
+        let passwords = self.passwords.read().unwrap_or_else(|e| e.into_inner());
+        match passwords.get(user) {
             Some(expected) => constant_time_eq(expected.as_bytes(), pass.as_bytes()),
             None => false,
+        }
+    }
+
+    /// Applies a reloaded appliance list: new appliances may connect; a removed one, or one
+    /// whose password changed, is disconnected (it must authenticate again).
+    pub fn reconfigure(&self, passwords: HashMap<String, String>) {
+        let old = std::mem::replace(
+            &mut *self.passwords.write().unwrap_or_else(|e| e.into_inner()),
+            passwords.clone(),
+        );
+        let mut slots = self.lock();
+        for id in passwords.keys() {
+            slots.entry(id.clone()).or_default();
+        }
+        for (id, password) in &old {
+            let removed = !passwords.contains_key(id);
+            if removed || passwords.get(id) != Some(password) {
+                if let Some(conn) = slots.get(id).and_then(|s| s.conn.as_ref()) {
+                    log::info!(appliance = id.as_str(); "configuration changed: disconnecting the appliance");
+                    conn.kick.cancel();
+                }
+                if removed {
+                    slots.remove(id);
+                }
+            }
         }
     }
 

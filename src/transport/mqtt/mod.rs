@@ -50,6 +50,21 @@ impl MqttHandle {
     pub fn stats(&self) -> &Stats {
         &self.hub.stats
     }
+
+    /// Applies a reloaded configuration's appliance list (listen address and limits need
+    /// a restart).
+    pub fn reconfigure(&self, config: &Config) {
+        self.hub.reconfigure(passwords(config));
+    }
+}
+
+fn passwords(config: &Config) -> HashMap<String, String> {
+    config
+        .appliances
+        .iter()
+        .filter(|a| a.transport == TransportKind::Mqtt)
+        .filter_map(|a| Some((a.id.clone(), a.password.clone()?)))
+        .collect()
 }
 
 /// Binds `mqtt.listen` and starts accepting appliances on `tracker` until `cancel`.
@@ -60,12 +75,7 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> std::io::Result<(MqttHandle, SocketAddr)> {
     let m = &config.mqtt;
-    let passwords: HashMap<String, String> = config
-        .appliances
-        .iter()
-        .filter(|a| a.transport == TransportKind::Mqtt)
-        .filter_map(|a| Some((a.id.clone(), a.password.clone()?)))
-        .collect();
+    let passwords = passwords(config);
     let hub = Arc::new(hub::Hub::new(
         m.topic_prefix.clone(),
         m.max_payload,
