@@ -24,6 +24,19 @@ const MAX_WAIT_MS: u64 = 3_600_000;
 /// Entry point for every request on the admin listener.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/admin/faults" {
+        if req.method() != Method::POST {
+            return http::method_not_allowed();
+        }
+        let fault: crate::faults::Fault = match http::read_json(req, 64 * 1024).await {
+            Ok(f) => f,
+            Err(reject) => return reject.into(),
+        };
+        return match app.faults.set(fault.clone()) {
+            Ok(()) => http::json(StatusCode::OK, &fault),
+            Err(e) => http::error(StatusCode::BAD_REQUEST, e),
+        };
+    }
     if path == "/admin/stats" {
         if req.method() != Method::GET {
             return http::method_not_allowed();

@@ -39,6 +39,9 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
     if path != "/v1" && !path.starts_with("/v1/") {
         return http::not_found();
     }
+    if let Some(fault) = app.faults.take_request() {
+        return crate::faults::response(&fault);
+    }
     if !authorized(app, conn, req.headers()) {
         let mut response = http::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         response

@@ -1,7 +1,6 @@
 //! HTTP plumbing shared by the gateway API and the admin API: JSON responses, JSON error
 //! bodies, bounded body reading and small request-parsing helpers.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -26,6 +25,19 @@ pub struct Body {
     data: Option<Bytes>,
     len: u64,
     unread: Option<Box<Incoming>>,
+    /// Injected faults (see `faults.rs`): what happens after `data` is sent.
+    then: Then,
+}
+
+/// How a body ends.
+enum Then {
+    End,
+    /// Send `data` again this many more times (a huge body).
+    Repeat(u64),
+    /// Never finish: the headers and `data` went out, then nothing.
+    Stall,
+    /// Fail the stream (HTTP/2 RST_STREAM, HTTP/1.1 connection closed mid-body).
+    Break,
 }
 
 impl Body {
@@ -34,23 +46,72 @@ impl Body {
             len: data.len() as u64,
             data: Some(data).filter(|d| !d.is_empty()),
             unread: None,
+            then: Then::End,
+        }
+    }
+
+    /// `chunk` sent `times` times, announced with its full length.
+    pub fn repeated(chunk: Bytes, times: u64) -> Self {
+        Body {
+            len: chunk.len() as u64 * times,
+            data: Some(chunk),
+            unread: None,
+            then: Then::Repeat(times.saturating_sub(1)),
+        }
+    }
+
+    /// `prefix`, then silence forever.
+    pub fn stalled(prefix: Bytes) -> Self {
+        Body {
+            len: prefix.len() as u64 + 1,
+            data: Some(prefix),
+            unread: None,
+            then: Then::Stall,
+        }
+    }
+
+    /// `prefix`, then a broken stream.
+    pub fn broken(prefix: Bytes) -> Self {
+        Body {
+            len: prefix.len() as u64 + 1,
+            data: Some(prefix),
+            unread: None,
+            then: Then::Break,
         }
     }
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if let Then::Repeat(n) = &mut this.then
+            && *n > 0
+        {
+            *n -= 1;
+            let chunk = this.data.clone();
+            return Poll::Ready(chunk.map(|d| Ok(Frame::data(d))));
+        }
+        if let Some(d) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        match this.then {
+            Then::End | Then::Repeat(_) => Poll::Ready(None),
+            // Deliberately never woken: this stream is meant to hang.
+            Then::Stall => Poll::Pending,
+            Then::Break => Poll::Ready(Some(Err(std::io::Error::other(
+                "injected fault: stream broken",
+            )))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.data.is_none() && matches!(self.then, Then::End | Then::Repeat(0))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -111,6 +172,16 @@ pub fn not_found() -> Response<Body> {
 
 pub fn method_not_allowed() -> Response<Body> {
     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+/// A response with the given status and body, JSON content type.
+pub fn with_raw_body(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn with_body(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {

@@ -10,6 +10,7 @@
 
 mod admin;
 mod api;
+mod faults;
 mod gateway;
 mod http;
 mod logger;
@@ -78,6 +79,7 @@ struct Cli {
 /// What every request handler needs; shared by all connections.
 pub struct App {
     pub store: Store,
+    pub faults: faults::Faults,
     pub stats: Arc<Stats>,
     pub token: Option<String>,
     pub wait_s: u64,
@@ -127,6 +129,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let app = Arc::new(App {
         store,
+        faults: faults::Faults::default(),
         stats: Arc::new(Stats::default()),
         token: cli.token.filter(|t| !t.is_empty()),
         wait_s: cli.wait_s,

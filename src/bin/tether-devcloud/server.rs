@@ -88,6 +88,15 @@ async fn serve_tls_connection(
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+    match app.faults.take_connection().map(|f| f.mode) {
+        Some(m) if m == "refuse" => return Ok(()),
+        Some(m) if m == "tls_stall" => {
+            // Hold the socket, say nothing: the client's handshake must time out.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(());
+        }
+        _ => {}
+    }
     let counted = Counted::new(stream, app.stats.clone());
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted)).await {
         Ok(Ok(tls)) => tls,
@@ -107,14 +116,23 @@ async fn serve_tls_connection(
         client_cert: tls.get_ref().1.peer_certificates().is_some(),
     };
 
+    let mut goaway = app.faults.goaway();
+    goaway.mark_unchanged();
     let service = service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         async move { Ok::<Response<Body>, Infallible>(api::handle(&app, conn, req).await) }
     });
-    builder
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-        .map_err(|e| format!("{peer}: {}", describe(&*e)))
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => return done.map_err(|e| format!("{peer}: {}", describe(&*e))),
+            Ok(()) = goaway.changed() => {
+                // Injected fault: close gracefully (HTTP/2 GOAWAY), finishing open streams.
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// Serves the admin API on `listener`; never returns.
