@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use serde_json::json;
 
 const TOKEN: &str = "tkn-7f3a9c2e5b8d1f4a6c0e9b2d7a5f3c1e";
@@ -26,7 +28,10 @@ async fn the_token_works_and_never_reaches_a_log_line() {
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "backoff_max = \"2s\"\n",
-        &format!("backoff_max = \"2s\"\ntoken_file = \"{}\"\n", token.display()),
+        &format!(
+            "backoff_max = \"2s\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
     );
     std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
@@ -47,11 +52,17 @@ async fn wrong_credentials_are_reported_once_and_retried_slowly() {
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "backoff_max = \"2s\"\n",
-        &format!("backoff_max = \"2s\"\ntoken_file = \"{}\"\n", token.display()),
+        &format!(
+            "backoff_max = \"2s\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
     );
     std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
-    let line = daemon.log.wait_async("refused the gateway's credentials").await;
+    let line = daemon
+        .log
+        .wait_async("refused the gateway's credentials")
+        .await;
     assert!(line.contains("401"), "{line}");
     assert!(!line.contains("not-the-token"), "{line}");
     // One poll, then a slow retry (minutes), not a hammering loop.
@@ -77,9 +88,10 @@ async fn a_cloud_with_a_certificate_from_another_ca_gets_no_connection() {
     let other = TempDir::new("wrongca-other");
     let impostor = DevCloud::start(other.path(), &[]);
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&cloud.ca_file().display().to_string(), &impostor.ca_file().display().to_string());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &cloud.ca_file().display().to_string(),
+        &impostor.ca_file().display().to_string(),
+    );
     std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
     let line = daemon.log.wait_async("cloud request failed").await;
@@ -91,7 +103,8 @@ async fn a_cloud_with_a_certificate_from_another_ca_gets_no_connection() {
 fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "Test gateway CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "Test gateway CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
@@ -112,7 +125,10 @@ fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 async fn mtls_identity_is_accepted_and_its_absence_refused() {
     let dir = TempDir::new("mtls");
     let (client_ca, cert, key) = client_identity(dir.path());
-    let cloud = DevCloud::start(dir.path(), &["--client-ca", client_ca.to_str().unwrap(), "--token", TOKEN]);
+    let cloud = DevCloud::start(
+        dir.path(),
+        &["--client-ca", client_ca.to_str().unwrap(), "--token", TOKEN],
+    );
     let cfg = config(dir.path(), &cloud, &["m-1"], "");
     let base = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
@@ -138,5 +154,9 @@ async fn mtls_identity_is_accepted_and_its_absence_refused() {
     let daemon = Tetherd::start(&cfg);
     let line = daemon.log.wait_async("cloud request failed").await;
     assert!(!line.contains("cloud link online"));
-    assert!(daemon.log.count("cloud link online") == 0, "{:#?}", daemon.log.all());
+    assert!(
+        daemon.log.count("cloud link online") == 0,
+        "{:#?}",
+        daemon.log.all()
+    );
 }
