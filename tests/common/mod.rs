@@ -591,6 +591,12 @@ impl Appliance {
         }
     }
 
+    /// Disconnects for good (no reconnect), as an appliance being switched off.
+    pub async fn leave(mut self) {
+        self.received.close();
+        let _ = self.client.disconnect().await;
+    }
+
     /// Every command received so far.
     pub fn drain(&mut self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
