@@ -132,6 +132,14 @@ pub struct MqttConfig {
     /// for it (at most its timeout) before it is `unreachable`.
     #[serde(default = "default_startup_grace", with = "humantime_serde")]
     pub startup_grace: Duration,
+    /// Optional second listener speaking MQTT over TLS (e.g. `0.0.0.0:8883`).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Server certificate chain and private key (PEM) for `tls_listen`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +341,9 @@ impl Default for MqttConfig {
             idle_timeout: default_idle_timeout(),
             max_events: default_max_events(),
             startup_grace: default_startup_grace(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -697,6 +708,12 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
                 &["mqtt"],
                 "connect_timeout and idle_timeout must be greater than 0",
             );
+        }
+        if m.tls_listen.is_some() && (m.tls_cert.is_none() || m.tls_key.is_none()) {
+            self.err(&["mqtt", "tls_listen"], "needs tls_cert and tls_key");
+        }
+        if m.tls_listen.is_some() && m.tls_listen == Some(m.listen) && m.listen.port() != 0 {
+            self.err(&["mqtt", "tls_listen"], "must differ from mqtt.listen");
         }
     }
 

@@ -140,7 +140,7 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
     let grace = config.gateway.stop_grace;
     let mut app = match App::start(&config).await {
         Ok(app) => app,
-        Err(e @ StartError::Uplink(_)) => {
+        Err(e @ (StartError::Uplink(_) | StartError::MqttTls(_))) => {
             log::error!("cannot start: {e}");
             return ExitCode::from(EX_CONFIG);
         }

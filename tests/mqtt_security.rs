@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use std::time::Duration;
 
 use common::*;
@@ -189,4 +191,84 @@ async fn hostile_packets_are_dropped_or_disconnected() {
         .enqueue(json!({"target": "lock", "timeout_ms": 200}))
         .await;
     assert_eq!(cloud.result(&id).await["result"]["status"], "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_serves_outside_clients_and_a_silent_socket_blocks_no_one() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = TempDir::new("mqtts");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "LAN CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "gateway");
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.path().join("lan-ca.pem"),
+        dir.path().join("mqtt.pem"),
+        dir.path().join("mqtt-key.pem"),
+    );
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mqtt = format!(
+        "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nconnect_timeout = \"30s\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let cfg = config_with_mqtt(dir.path(), &cloud, &["sec-1"], &mqtt, "");
+    let daemon = Tetherd::start(&cfg);
+    let line = daemon
+        .log
+        .wait_async("mqtt TLS endpoint listening on ")
+        .await;
+    let port = line.rsplit(':').next().unwrap().trim().to_owned();
+    // A socket that connects and says nothing, held open during the whole exchange.
+    let _silent = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let pw = password("sec-1");
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "--cafile",
+            ca_path.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+        ])
+        .args(["-i", "sec-1", "-u", "sec-1", "-P", &pw, "-q", "1"])
+        .args(["-t", "tether/sec-1/events", "-m", r#"{"over": "tls"}"#])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success(), "mosquitto_pub over TLS failed");
+    let events = eventually("the TLS client's event at the cloud", || async {
+        let e = cloud.events().await;
+        e.iter()
+            .any(|e| e["payload"] == json!({"over": "tls"}))
+            .then_some(e)
+    })
+    .await;
+    assert!(events.iter().any(|e| e["appliance"] == "sec-1"));
+    // Plain MQTT on the TLS port is not MQTT to it: the handshake fails, nothing else.
+    assert!(
+        try_connect(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "sec-1",
+            "sec-1",
+            &pw
+        )
+        .await
+        .is_err()
+    );
 }

@@ -29,7 +29,7 @@ pub enum SetupError {
 /// Reads a secret (token, private key), refusing a file others can read or anyone but
 /// its owner can write: a leaked device identity is worse than a daemon that will not
 /// start. Group read is allowed (root:tether 0640 is how the service reads it).
-fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
+pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|source| SetupError::Read {
         path: path.to_owned(),
@@ -47,7 +47,7 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
     read(path)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, SetupError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, SetupError> {
     std::fs::read(path).map_err(|source| SetupError::Read {
         path: path.to_owned(),
         source,

@@ -23,6 +23,7 @@ use crate::transport::{Dispatch, Outcome};
 
 mod conn;
 pub mod hub;
+pub mod tls;
 pub mod topic;
 
 pub use hub::Stats;
@@ -68,12 +69,16 @@ fn passwords(config: &Config) -> HashMap<String, String> {
 }
 
 /// Binds `mqtt.listen` and starts accepting appliances on `tracker` until `cancel`.
+/// Binds `mqtt.listen` (and `mqtt.tls_listen` with `tls`) and starts accepting
+/// appliances on `tracker` until `cancel`. Returns the plain listener's address and the
+/// TLS one's, if any.
 pub async fn start(
     config: &Config,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     outbox: Arc<Outbox>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> std::io::Result<(MqttHandle, SocketAddr)> {
+) -> std::io::Result<(MqttHandle, SocketAddr, Option<SocketAddr>)> {
     let m = &config.mqtt;
     let passwords = passwords(config);
     let hub = Arc::new(hub::Hub::new(
@@ -90,30 +95,49 @@ pub async fn start(
         connect_timeout: m.connect_timeout,
         idle_timeout: m.idle_timeout,
     };
+    // One connection budget shared by both listeners.
     let slots = Arc::new(Semaphore::new(m.max_connections));
-    let accept = accept_loop(
-        listener,
-        hub.clone(),
+    let mut tls_local = None;
+    if let (Some(addr), Some(acceptor)) = (m.tls_listen, tls) {
+        let tls_listener = TcpListener::bind(addr).await?;
+        tls_local = Some(tls_listener.local_addr()?);
+        let ctx = Accepting {
+            hub: hub.clone(),
+            limits: limits.clone(),
+            slots: slots.clone(),
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        };
+        tracker.spawn(accept_loop(tls_listener, Some(acceptor), ctx));
+    }
+    let ctx = Accepting {
+        hub: hub.clone(),
         limits,
         slots,
-        tracker.clone(),
+        tracker: tracker.clone(),
         cancel,
-    );
-    tracker.spawn(accept);
-    Ok((MqttHandle { hub }, local))
+    };
+    tracker.spawn(accept_loop(listener, None, ctx));
+    Ok((MqttHandle { hub }, local, tls_local))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What an accept loop hands each connection.
+struct Accepting {
     hub: Arc<hub::Hub>,
     limits: conn::Limits,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Accepting,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = ctx.cancel.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -125,8 +149,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let n = hub
+        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            let n = ctx
+                .hub
                 .stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed)
@@ -137,9 +162,27 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("{peer}: set_nodelay: {e}");
         }
-        let (hub, limits, cancel) = (hub.clone(), limits.clone(), cancel.clone());
-        tracker.spawn(async move {
-            conn::serve(stream, peer, hub, limits, cancel).await;
+        let (hub, limits, cancel) = (ctx.hub.clone(), ctx.limits.clone(), ctx.cancel.clone());
+        let tls = tls.clone();
+        ctx.tracker.spawn(async move {
+            match tls {
+                None => conn::serve(stream, peer, hub, limits, cancel).await,
+                // The handshake runs here, in the connection's task, under the CONNECT
+                // deadline: a silent socket cannot hold up anyone else.
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.connect_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            conn::serve(tls_stream, peer, hub, limits, cancel).await
+                        }
+                        Ok(Err(e)) => log::info!("{peer}: TLS handshake failed: {e}"),
+                        Err(_) => log::info!(
+                            "{peer}: no TLS handshake within the connect timeout; closed"
+                        ),
+                    }
+                }
+            }
             drop(permit);
         });
     }
