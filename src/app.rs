@@ -123,36 +123,6 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn public_and_site_addresses_are_told_apart() {
-        for a in [
-            "192.168.1.5",
-            "10.0.0.1",
-            "172.16.3.4",
-            "127.0.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "fd00::1",
-            "fe80::1",
-            "::1",
-        ] {
-            assert!(!is_public(a.parse().unwrap()), "{a}");
-        }
-        for a in ["8.8.4.4", "203.0.113.7", "2001:db8::1"] {
-            assert!(is_public(a.parse().unwrap()), "{a}");
-        }
-        assert!(
-            local_addresses().iter().any(|a| a.is_loopback()),
-            "{:?}",
-            local_addresses()
-        );
-    }
-}
-
 /// A running daemon.
 pub struct App {
     pub mqtt_addr: SocketAddr,
@@ -424,5 +394,35 @@ impl App {
             self.outbox.owed()
         );
         self.journal.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_site_addresses_are_told_apart() {
+        for a in [
+            "192.168.1.5",
+            "10.0.0.1",
+            "172.16.3.4",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+        ] {
+            assert!(!is_public(a.parse().unwrap()), "{a}");
+        }
+        for a in ["8.8.4.4", "203.0.113.7", "2001:db8::1"] {
+            assert!(is_public(a.parse().unwrap()), "{a}");
+        }
+        assert!(
+            local_addresses().iter().any(|a| a.is_loopback()),
+            "{:?}",
+            local_addresses()
+        );
     }
 }
