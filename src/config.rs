@@ -753,6 +753,11 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
                     &["appliance", &idx, "password"],
                     "required for MQTT appliances",
                 ),
+                (TransportKind::Mqtt, Some(p)) if p.starts_with("$argon2") => {
+                    if let Err(e) = crate::transport::mqtt::auth::check_hash(p) {
+                        self.err(&["appliance", &idx, "password"], e)
+                    }
+                }
                 (TransportKind::Mqtt, Some(p)) if p.is_empty() => {
                     self.err(&["appliance", &idx, "password"], "must not be empty")
                 }

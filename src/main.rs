@@ -36,6 +36,8 @@ enum Cmd {
     CheckConfig,
     /// Run a local devcloud, the daemon and simulated appliances, and show round trips.
     Demo,
+    /// Read a password on standard input and print its Argon2id hash for the config.
+    HashPassword,
     /// Show what the journal holds: results owed, commands running (read-only).
     Journal {
         /// Rows listed per section.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::CheckConfig) => check_config(&cli.config),
+        Some(Cmd::HashPassword) => hash_password(),
         Some(Cmd::Journal { limit }) => {
             let config = match load(&cli.config) {
                 Ok(c) => c,
@@ -94,6 +97,33 @@ fn report(e: &ConfigError) {
     if let ConfigError::Invalid { path, problems } = e {
         for p in problems {
             eprintln!("  {}: {p}", path.display());
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("password (shown as you type; use `read -rs` and a pipe to hide it): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("tetherd: cannot read the password: {e}");
+        return ExitCode::from(EX_OSERR);
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("tetherd: empty password");
+        return ExitCode::from(EX_CONFIG);
+    }
+    match tether::transport::mqtt::auth::hash(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tetherd: cannot hash: {e}");
+            ExitCode::from(EX_SOFTWARE)
         }
     }
 }

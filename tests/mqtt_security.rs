@@ -272,3 +272,55 @@ async fn mqtt_over_tls_serves_outside_clients_and_a_silent_socket_blocks_no_one(
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn hashed_passwords_from_hash_password_authenticate() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = TempDir::new("hashed");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tetherd"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let cfg = config(dir.path(), &cloud, &[], "");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[appliance]]\nid = \"h-1\"\ntransport = \"mqtt\"\npassword = \"{hash}\"\n"
+    ));
+    std::fs::write(&cfg, &text).unwrap();
+    let daemon = Tetherd::start(&cfg);
+    assert_eq!(
+        try_connect(daemon.mqtt, "h-1", "h-1", "correct horse").await,
+        Ok(ConnectReturnCode::Success)
+    );
+    assert_eq!(
+        try_connect(daemon.mqtt, "h-1", "h-1", "wrong horse").await,
+        Ok(ConnectReturnCode::NotAuthorized)
+    );
+    assert!(
+        daemon.log.all().iter().all(|l| !l.contains("plain text")),
+        "no plain-text warning for hashes"
+    );
+    // A mangled hash is a config error naming the key.
+    std::fs::write(&cfg, text.replace(&hash, "$argon2id$v=19$garbage")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tetherd"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("appliance[0].password"));
+}

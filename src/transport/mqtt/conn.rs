@@ -88,10 +88,11 @@ pub async fn serve<S>(
     };
     let password = connect.login.as_ref().map(|l| l.password.as_str());
     let username = connect.login.as_ref().map(|l| l.username.as_str());
-    if !conn
+    let authorized = conn
         .hub
         .authenticate(&connect.client_id, username, password)
-    {
+        .await;
+    if !authorized {
         let n = conn.hub.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
         // The claimed id is logged, the password never is.
         log::warn!(count = n; "{peer}: CONNECT refused for client id {:?}: not authorized", connect.client_id);

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{Secret, Verifier};
 use super::topic::{self, ResultMessage};
 use crate::cloud::wire::Event;
 use crate::outbox::Outbox;
@@ -40,7 +41,8 @@ pub enum ToConn {
 pub struct Hub {
     prefix: String,
     max_payload: usize,
-    passwords: std::sync::RwLock<HashMap<String, String>>,
+    passwords: std::sync::RwLock<HashMap<String, Secret>>,
+    verifier: Verifier,
     slots: Mutex<HashMap<String, Slot>>,
     outbox: Arc<Outbox>,
     next_generation: AtomicU64,
@@ -81,7 +83,7 @@ impl Hub {
     pub fn new(
         prefix: String,
         max_payload: usize,
-        passwords: HashMap<String, String>,
+        passwords: HashMap<String, Secret>,
         outbox: Arc<Outbox>,
         startup_grace: std::time::Duration,
     ) -> Hub {
@@ -93,6 +95,7 @@ impl Hub {
             prefix,
             max_payload,
             passwords: std::sync::RwLock::new(passwords),
+            verifier: Verifier::default(),
             slots: Mutex::new(slots),
             outbox,
             next_generation: AtomicU64::new(1),
@@ -111,8 +114,8 @@ impl Hub {
     }
 
     /// Checks a CONNECT's identity: username = client id = a configured appliance, and
-    /// its password. Compares in constant time so timing reveals nothing of the password.
-    pub fn authenticate(
+    /// its password (hashes verified off the async threads, plain text in constant time).
+    pub async fn authenticate(
         &self,
         client_id: &str,
         username: Option<&str>,
@@ -124,16 +127,21 @@ impl Hub {
         if user != client_id {
             return false;
         }
-        let passwords = self.passwords.read().unwrap_or_else(|e| e.into_inner());
-        match passwords.get(user) {
-            Some(expected) => constant_time_eq(expected.as_bytes(), pass.as_bytes()),
+        let secret = self
+            .passwords
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned();
+        match secret {
+            Some(secret) => self.verifier.verify(&secret, pass).await,
             None => false,
         }
     }
 
     /// Applies a reloaded appliance list: new appliances may connect; a removed one, or one
     /// whose password changed, is disconnected (it must authenticate again).
-    pub fn reconfigure(&self, passwords: HashMap<String, String>) {
+    pub fn reconfigure(&self, passwords: HashMap<String, Secret>) {
         let old = std::mem::replace(
             &mut *self.passwords.write().unwrap_or_else(|e| e.into_inner()),
             passwords.clone(),
@@ -423,11 +431,4 @@ enum Claim {
     Unreachable(&'static str),
     /// May change once the appliance (re)connects and subscribes.
     NotReady(&'static str),
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -21,6 +21,7 @@ use crate::config::{Config, TransportKind};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Outcome};
 
+pub mod auth;
 mod conn;
 pub mod hub;
 pub mod tls;
@@ -59,13 +60,31 @@ impl MqttHandle {
     }
 }
 
-fn passwords(config: &Config) -> HashMap<String, String> {
-    config
+fn passwords(config: &Config) -> HashMap<String, auth::Secret> {
+    let secrets: HashMap<String, auth::Secret> = config
         .appliances
         .iter()
         .filter(|a| a.transport == TransportKind::Mqtt)
-        .filter_map(|a| Some((a.id.clone(), a.password.clone()?)))
-        .collect()
+        .filter_map(|a| {
+            Some((
+                a.id.clone(),
+                auth::Secret::from_config(a.password.as_deref()?),
+            ))
+        })
+        .collect();
+    let mut plain: Vec<&str> = secrets
+        .iter()
+        .filter(|(_, s)| s.is_plain())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if !plain.is_empty() {
+        plain.sort_unstable();
+        log::warn!(
+            "appliance password(s) stored in plain text for {}; store Argon2 hashes instead (tetherd hash-password)",
+            plain.join(", ")
+        );
+    }
+    secrets
 }
 
 /// Binds `mqtt.listen` and starts accepting appliances on `tracker` until `cancel`.

@@ -1,0 +1,305 @@
+//! `tether-bench`: measures tetherd from the outside and prints the figures (a table, or
+//! JSON with `--json` to compare commits).
+//!
+//! It starts the reference cloud (`tether-devcloud`) and the real `tetherd` binary (both
+//! found next to this executable unless `--devcloud`/`--tetherd` say otherwise) on
+//! loopback, connects simulated MQTT appliances that answer at once, and measures:
+//! round-trip latency (`latency`), pipelined throughput (`load`), memory with 0..1,000
+//! appliances and binary size, the idle cost of the cloud link (`footprint`), and the
+//! journal's fsync cost (`journal`). docs/benchmarks.md describes each method.
+//!
+//! Every child is killed by pid when the bench ends, errors included; every wait is
+//! bounded, and the whole run is under a watchdog.
+
+mod admin;
+mod appliance;
+mod footprint;
+mod journal;
+mod latency;
+mod load;
+mod probe;
+mod procs;
+mod report;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::admin::Admin;
+use crate::procs::DevCloud;
+use crate::report::Report;
+
+/// Benchmarks tetherd: latency, throughput, footprint, idle cost, durability cost.
+#[derive(Debug, Parser)]
+#[command(name = "tether-bench", version, about)]
+struct Cli {
+    /// The tetherd binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    tetherd: Option<PathBuf>,
+    /// The tether-devcloud binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    devcloud: Option<PathBuf>,
+    /// Print the report as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Tiny counts and short periods (under ~30 s): checks the tool works, not the daemon.
+    #[arg(long)]
+    smoke: bool,
+    /// Run only these sections (latency, throughput, footprint, idle, durability).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    only: Vec<String>,
+    /// Sequential commands per latency row [default: 1000; smoke 40].
+    #[arg(long, value_name = "N")]
+    commands: Option<usize>,
+    /// Commands in the lone-command row, 25 ms apart [default: 200; smoke 10].
+    #[arg(long, value_name = "N")]
+    lone: Option<usize>,
+    /// Unrecorded commands before each latency row [default: 20; smoke 3].
+    #[arg(long, value_name = "N")]
+    warmup: Option<usize>,
+    /// Commands in the bulk enqueue [default: 20000; smoke 400].
+    #[arg(long, value_name = "N")]
+    load_commands: Option<usize>,
+    /// Appliances the bulk is spread over [default: 100; smoke 20].
+    #[arg(long, value_name = "N")]
+    load_appliances: Option<usize>,
+    /// Connected appliances at each footprint step [default: 0,100,1000; smoke 0,10,100].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    footprint: Vec<usize>,
+    /// Pause before reading memory at a footprint step [default: 2s; smoke 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    settle: Option<Duration>,
+    /// Length of the idle window [default: 5m; smoke 3s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle: Option<Duration>,
+    /// Appliances connected while idling [default: 100; smoke 10].
+    #[arg(long, value_name = "N")]
+    idle_appliances: Option<usize>,
+    /// MQTT keep-alive of the simulated appliances (rumqttc's default).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+    keep_alive: Duration,
+    /// Results per journal run [default: 2000; smoke 100].
+    #[arg(long, value_name = "N")]
+    journal_results: Option<usize>,
+    /// Where the journal runs write [default: the bench's scratch dir, in $TMPDIR].
+    #[arg(long, value_name = "DIR")]
+    journal_dir: Option<PathBuf>,
+    /// Extra binaries to report the size of (e.g. an arm64 build).
+    #[arg(long = "size", value_name = "PATH")]
+    sizes: Vec<PathBuf>,
+    /// Sync modes of the throughput runs (full, normal).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        default_value = "full,normal"
+    )]
+    load_sync: Vec<String>,
+    /// Keep every tetherd's log (stderr) in DIR, one file per instance.
+    #[arg(long, value_name = "DIR")]
+    keep_logs: Option<PathBuf>,
+    /// Extra environment for every tetherd started (e.g. MALLOC_ARENA_MAX=2).
+    #[arg(long = "tetherd-env", value_name = "KEY=VALUE")]
+    tetherd_env: Vec<String>,
+}
+
+/// What every section needs.
+pub struct Ctx<'a> {
+    pub tetherd: &'a Path,
+    pub dir: &'a Path,
+    pub cloud: &'a DevCloud,
+    pub admin: &'a Admin,
+    pub env: &'a [(String, String)],
+    pub logs: Option<&'a Path>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()));
+    let outcome = runtime.block_on(async {
+        let idle = pick(
+            cli.idle,
+            Duration::from_secs(3),
+            Duration::from_secs(300),
+            cli.smoke,
+        );
+        // Generous: only a wedged run reaches it; the children die with their handles.
+        let watchdog = idle + Duration::from_secs(if cli.smoke { 120 } else { 1800 });
+        tokio::time::timeout(watchdog, run(&cli, &dir))
+            .await
+            .unwrap_or_else(|_| Err(format!("gave up after {} s", watchdog.as_secs())))
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
+    match outcome {
+        Ok(report) => {
+            if cli.json {
+                eprint!("{}", table::render(&report));
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("tether-bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", table::render(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An explicit flag wins, then the smoke value, then the full-run default.
+fn pick<T>(flag: Option<T>, smoke: T, full: T, is_smoke: bool) -> T {
+    flag.unwrap_or(if is_smoke { smoke } else { full })
+}
+
+async fn run(cli: &Cli, dir: &Path) -> Result<Report, String> {
+    let s = cli.smoke;
+    let want = |section: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == section);
+    let footprint_steps = if cli.footprint.is_empty() {
+        if s {
+            vec![0, 10, 100]
+        } else {
+            vec![0, 100, 1000]
+        }
+    } else {
+        cli.footprint.clone()
+    };
+    let env = cli
+        .tetherd_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--tetherd-env {kv}: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tetherd = cli
+        .tetherd
+        .clone()
+        .unwrap_or_else(|| procs::sibling("tetherd"));
+    let devcloud = cli
+        .devcloud
+        .clone()
+        .unwrap_or_else(|| procs::sibling("tether-devcloud"));
+    for bin in [&tetherd, &devcloud] {
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found: cargo build --release --bin tetherd --bin tether-devcloud --bin tether-bench",
+                bin.display()
+            ));
+        }
+    }
+
+    // Each appliance is one socket here and one in tetherd (which inherits the limit).
+    let most = footprint_steps.iter().copied().max().unwrap_or(0);
+    let need = most as u64 + 512;
+    let limit = probe::raise_nofile(need);
+    if limit < need {
+        return Err(format!(
+            "the open-file limit is {limit}, {most} appliances need about {need}: run `ulimit -n {need}` first"
+        ));
+    }
+
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut report = Report {
+        tool: "tether-bench",
+        version: env!("CARGO_PKG_VERSION"),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        smoke: s,
+        machine: probe::Machine::probe(),
+        latency: None,
+        throughput: Vec::new(),
+        footprint: None,
+        idle: None,
+        durability: Vec::new(),
+        targets: Vec::new(),
+    };
+    tether::cloud::tls::install_crypto_provider();
+    let cloud = DevCloud::start(&devcloud, dir).await?;
+    let admin = Admin::new(cloud.admin)?;
+    let ctx = Ctx {
+        tetherd: &tetherd,
+        dir,
+        cloud: &cloud,
+        admin: &admin,
+        env: &env,
+        logs: cli.keep_logs.as_deref(),
+    };
+    let outcome = sections(cli, &ctx, &mut report, &footprint_steps).await;
+    cloud.stop().await;
+    outcome?;
+    if want("durability") {
+        let jdir = cli.journal_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        let n = pick(cli.journal_results, 100, 2000, s).max(1);
+        report.durability = journal::run(&jdir, n).await?;
+    }
+    report.machine.loadavg_end = probe::loadavg();
+    report.check_targets();
+    Ok(report)
+}
+
+async fn sections(
+    cli: &Cli,
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    footprint_steps: &[usize],
+) -> Result<(), String> {
+    let s = cli.smoke;
+    let want = |section: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == section);
+    if want("latency") {
+        let n = pick(cli.commands, 40, 1000, s).max(1);
+        let lone = pick(cli.lone, 10, 200, s).max(1);
+        let warmup = pick(cli.warmup, 3, 20, s);
+        report.latency = Some(latency::run(ctx, n, lone, warmup).await?);
+    }
+    if want("throughput") {
+        let n = pick(cli.load_commands, 400, 20_000, s).max(1);
+        let appliances = pick(cli.load_appliances, 20, 100, s).max(1);
+        for sync in ["full", "normal"] {
+            report
+                .throughput
+                .push(load::run(ctx, sync, appliances, n).await?);
+        }
+    }
+    if want("footprint") {
+        let settle = pick(
+            cli.settle,
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+            s,
+        );
+        report.footprint =
+            Some(footprint::footprint(ctx, footprint_steps, settle, &cli.sizes).await?);
+    }
+    if want("idle") {
+        let period = pick(
+            cli.idle,
+            Duration::from_secs(3),
+            Duration::from_secs(300),
+            s,
+        );
+        let appliances = pick(cli.idle_appliances, 10, 100, s);
+        report.idle = Some(footprint::idle(ctx, appliances, cli.keep_alive, period).await?);
+    }
+    Ok(())
+}
