@@ -29,6 +29,9 @@ use crate::health::{BEAT_INTERVAL, Health};
 use crate::outbox::{Batch, Outbox};
 use crate::router::Router;
 
+/// Longest poll wait while the gateway advertises no capacity.
+const FULL_POLL_WAIT: Duration = Duration::from_secs(1);
+
 /// Events carried by one request at most; the rest wait for the next.
 const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
@@ -259,11 +262,19 @@ impl Driver {
                         let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
                         let mut pending = self.router.pending_ids();
                         pending.extend(self.outbox.in_flight_ids());
+                        let capacity = self.router.capacity();
+                        // A full gateway must not sit out a whole held poll once room
+                        // frees up: poll again soon to take the commands waiting upstream.
+                        let wait = if capacity == 0 {
+                            wait.min(FULL_POLL_WAIT)
+                        } else {
+                            wait
+                        };
                         let body = PollRequest {
                             results: batch.results.clone(),
                             pending,
                             events: batch.events.clone(),
-                            capacity: self.router.capacity(),
+                            capacity,
                         };
                         poll_batch = Some(batch);
                         let uplink = self.uplink.clone();
@@ -345,6 +356,11 @@ impl Driver {
                         }
                     };
                     self.session.flush_done(Instant::now(), ok);
+                    // More owed than one request carried: keep flushing (at the linger pace)
+                    // instead of leaving the rest for the next poll.
+                    if ok && self.outbox.owed() > self.outbox.in_flight_ids().len() {
+                        self.session.results_ready(Instant::now());
+                    }
                 }
                 Some(change) = self.reload.recv() => {
                     if let Some(uplink) = change.uplink {

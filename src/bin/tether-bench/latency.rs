@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::Ctx;
 use crate::admin::{self, Admin, Stats};
 use crate::appliance::Fleet;
+use crate::probe;
 use crate::procs::{Setup, Tetherd};
 use crate::report::{Dist, Latency, LatencyRow};
 
@@ -44,6 +45,8 @@ struct Samples {
     up: Vec<f64>,
     in_gateway: Vec<f64>,
     counters: Stats,
+    /// Context switches of tetherd's threads over the measured commands.
+    switches: u64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -60,9 +63,16 @@ pub async fn run(
 ) -> Result<Latency, String> {
     eprintln!("latency: baseline (stub gateway, no tetherd), {commands} commands");
     let stub = admin::start_stub(ctx.cloud.https, &ctx.cloud.ca, "gw-stub").await?;
-    let base = sequential(ctx.admin, "gw-stub", None, commands, warmup, 0).await;
+    let base = sequential(ctx.admin, "gw-stub", None, None, commands, warmup, 0).await;
+    // The same, spaced like the lone row: what idle gaps alone cost on this machine
+    // (threads parked between commands must be woken, and a VM's idle vCPU with them).
+    let lone_base = match base {
+        Ok(_) => sequential(ctx.admin, "gw-stub", None, None, lone, warmup, 25).await,
+        Err(ref e) => Err(e.clone()),
+    };
     stub.abort();
     let baseline = Dist::of(base?.rtt);
+    let baseline_lone = Dist::of(lone_base?.rtt);
 
     let mut rows = Vec::new();
     for (k, (label, linger, sync, gap_ms)) in ROWS.into_iter().enumerate() {
@@ -78,7 +88,10 @@ pub async fn run(
         let tetherd = Tetherd::start(ctx, &setup).await?;
         let mut fleet = Fleet::new();
         let samples = match fleet.grow(tetherd.mqtt, 1, Duration::from_secs(60)).await {
-            Ok(()) => sequential(ctx.admin, &gw, Some(&mut fleet), n, warmup, gap_ms).await,
+            Ok(()) => {
+                let pid = Some(tetherd.pid);
+                sequential(ctx.admin, &gw, Some(&mut fleet), pid, n, warmup, gap_ms).await
+            }
             Err(e) => Err(e),
         };
         drop(fleet);
@@ -90,16 +103,26 @@ pub async fn run(
             result_linger: linger.to_owned(),
             sync: sync.to_owned(),
             gap_ms,
-            added_over_stub_p50: rtt.p50 - baseline.p50,
+            added_over_stub_p50: rtt.p50
+                - if gap_ms > 0 {
+                    baseline_lone.p50
+                } else {
+                    baseline.p50
+                },
             rtt,
             down: Dist::of(s.down),
             up: Dist::of(s.up),
             in_gateway: Dist::of(s.in_gateway),
             polls_per_command: s.counters.polls as f64 / n.max(1) as f64,
             flushes_per_command: s.counters.results_posts as f64 / n.max(1) as f64,
+            switches_per_command: s.switches as f64 / n.max(1) as f64,
         });
     }
-    Ok(Latency { baseline, rows })
+    Ok(Latency {
+        baseline,
+        baseline_lone,
+        rows,
+    })
 }
 
 /// One command at a time to appliance `a0` of gateway `gw`; the first `warmup` are not
@@ -108,17 +131,21 @@ async fn sequential(
     admin: &Admin,
     gw: &str,
     mut fleet: Option<&mut Fleet>,
+    pid: Option<u32>,
     n: usize,
     warmup: usize,
     gap_ms: u64,
 ) -> Result<Samples, String> {
     let mut s = Samples::default();
     let mut before = Stats::default();
+    let switches = || pid.map_or(0, probe::context_switches);
+    let mut switches_before = 0;
     for i in 0..warmup + n {
         if i == warmup {
             before = admin.stats().await?;
+            switches_before = switches();
         }
-        let id = format!("{gw}-{i}");
+        let id = format!("{gw}-{gap_ms}-{i}");
         // The wait is asked for first, so t3 is the moment of storage plus one response,
         // not plus a request sent after the enqueue returned.
         let waiter = {
@@ -151,6 +178,7 @@ async fn sequential(
             tokio::time::sleep(Duration::from_millis(gap_ms)).await;
         }
     }
+    s.switches = switches().saturating_sub(switches_before);
     s.counters = admin.stats().await?.since(&before);
     Ok(s)
 }

@@ -121,6 +121,13 @@ async fn measure(
     } else {
         0.0
     };
+    // From the enqueue to the first result, then between consecutive results.
+    let longest_gap_ms = std::iter::once(0.0)
+        .chain(done.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max);
     let not_ok = results
         .iter()
         .filter(|r| r["result"]["status"] != "ok")
@@ -141,6 +148,7 @@ async fn measure(
             0.0
         },
         steady_commands_per_s: steady,
+        longest_gap_ms,
         burst: Dist::of(done),
         in_gateway: Dist::of(in_gateway),
         polls: counters.polls,

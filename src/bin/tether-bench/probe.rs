@@ -71,6 +71,13 @@ fn field_kib(text: &str, name: &str) -> u64 {
 pub struct Memory {
     pub vm_rss_kib: u64,
     pub vm_hwm_kib: u64,
+    /// VmRSS split: heap, stacks and other private memory...
+    pub rss_anon_kib: u64,
+    /// ...and pages of the binary and shared libraries (shared with other processes
+    /// mapping the same files, and dropped first under memory pressure).
+    pub rss_file_kib: u64,
+    /// Shared memory; a binary run from tmpfs is counted here instead of as file.
+    pub rss_shmem_kib: u64,
     pub threads: u64,
 }
 
@@ -79,6 +86,9 @@ pub fn memory(pid: u32) -> Memory {
     Memory {
         vm_rss_kib: field_kib(&status, "VmRSS:"),
         vm_hwm_kib: field_kib(&status, "VmHWM:"),
+        rss_anon_kib: field_kib(&status, "RssAnon:"),
+        rss_file_kib: field_kib(&status, "RssFile:"),
+        rss_shmem_kib: field_kib(&status, "RssShmem:"),
         threads: field_kib(&status, "Threads:"),
     }
 }

@@ -221,10 +221,12 @@ fn follow(
     let tail: Tail = Arc::default();
     let keep = tail.clone();
     std::thread::spawn(move || {
+        let start = std::time::Instant::now();
         for line in BufReader::new(std::fs::File::from(fd)).lines() {
             let Ok(line) = line else { break };
             if let Some(file) = log.as_mut() {
-                let _ = writeln!(file, "{line}");
+                // tetherd's stderr lines carry no time; the bench's clock stands in.
+                let _ = writeln!(file, "{:10.3} {line}", start.elapsed().as_secs_f64());
             }
             if line.contains("mqtt endpoint listening on ") || line.contains("cloud link ") {
                 let _ = tx.send(line.clone());

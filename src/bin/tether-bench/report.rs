@@ -55,6 +55,8 @@ impl Dist {
 pub struct Latency {
     /// Round trip through the devcloud with the stub gateway instead of tetherd.
     pub baseline: Dist,
+    /// The same with commands 25 ms apart, like the lone row.
+    pub baseline_lone: Dist,
     pub rows: Vec<LatencyRow>,
 }
 
@@ -73,11 +75,14 @@ pub struct LatencyRow {
     pub up: Dist,
     /// `duration_ms` of the results: the gateway's own clock, receipt → answer (whole ms).
     pub in_gateway: Dist,
-    /// `rtt.p50 - baseline.p50`: what tetherd, two MQTT hops and the appliance add over
-    /// the stub gateway.
+    /// `rtt.p50` minus the p50 of the baseline run the same way (back to back or spaced):
+    /// what tetherd, two MQTT hops and the appliance add over the stub gateway.
     pub added_over_stub_p50: f64,
     pub polls_per_command: f64,
     pub flushes_per_command: f64,
+    /// Context switches of tetherd's threads per command (each is a thread going to
+    /// sleep or being preempted: a measure of hand-offs between threads).
+    pub switches_per_command: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +97,8 @@ pub struct Throughput {
     pub commands_per_s: f64,
     /// Rate between the 10th and the 90th percentile of completion (ramp-up and tail off).
     pub steady_commands_per_s: f64,
+    /// Longest time (ms) in which no result was stored: a stall shows here.
+    pub longest_gap_ms: f64,
     /// Enqueue → stored per command; a burst queues, so this is mostly position / rate.
     pub burst: Dist,
     /// `duration_ms` (receipt at the gateway → answer), including the wait in the
@@ -179,7 +186,10 @@ impl Report {
             add(
                 &format!("pipelined, sync {}", tp.sync),
                 ">= 5000 commands/s",
-                format!("{:.0} commands/s", tp.commands_per_s),
+                format!(
+                    "{:.0} commands/s overall ({:.0}/s steady, longest stall {:.0} ms)",
+                    tp.commands_per_s, tp.steady_commands_per_s, tp.longest_gap_ms
+                ),
                 tp.commands_per_s >= 5000.0,
             );
         }

@@ -35,7 +35,7 @@ pub fn render(r: &Report) -> String {
         );
         let _ = writeln!(
             o,
-            "{:<46} {:>5} {:>7} {:>7} {:>7} {:>7} | {:>6} {:>6} {:>6} {:>7} | {:>5} {:>7}",
+            "{:<46} {:>5} {:>7} {:>7} {:>7} {:>7} | {:>6} {:>6} {:>6} {:>7} | {:>5} {:>7} {:>5}",
             "setting",
             "n",
             "p50",
@@ -47,19 +47,24 @@ pub fn render(r: &Report) -> String {
             "in-gw",
             "+stub",
             "polls",
-            "flushes"
+            "flushes",
+            "cswch"
         );
-        let b = &l.baseline;
-        let _ = writeln!(
-            o,
-            "{:<46} {:>5} {:>7.2} {:>7.2} {:>7.2} {:>7.2} |",
-            "baseline: stub gateway, no tetherd", b.n, b.p50, b.p90, b.p99, b.max
-        );
+        for (label, b) in [
+            ("baseline: stub gateway, no tetherd", &l.baseline),
+            ("baseline: stub gateway, 25 ms apart", &l.baseline_lone),
+        ] {
+            let _ = writeln!(
+                o,
+                "{:<46} {:>5} {:>7.2} {:>7.2} {:>7.2} {:>7.2} |",
+                label, b.n, b.p50, b.p90, b.p99, b.max
+            );
+        }
         for row in &l.rows {
             let d = &row.rtt;
             let _ = writeln!(
                 o,
-                "{:<46} {:>5} {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>6.2} {:>6.2} {:>6.1} {:>7.2} | {:>5.2} {:>7.2}",
+                "{:<46} {:>5} {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>6.2} {:>6.2} {:>6.1} {:>7.2} | {:>5.2} {:>7.2} {:>5.1}",
                 row.label,
                 d.n,
                 d.p50,
@@ -71,14 +76,15 @@ pub fn render(r: &Report) -> String {
                 row.in_gateway.p50,
                 row.added_over_stub_p50,
                 row.polls_per_command,
-                row.flushes_per_command
+                row.flushes_per_command,
+                row.switches_per_command
             );
         }
         let _ = writeln!(
             o,
             "  down/up/in-gw/+stub are p50s: down = enqueue -> appliance has it; up = appliance answered -> stored;\n  \
-             in-gw = the result's duration_ms (gateway clock, whole ms); +stub = p50 minus the baseline's p50;\n  \
-             polls, flushes = requests per command seen by the devcloud"
+             in-gw = the result's duration_ms (gateway clock, whole ms); +stub = p50 minus the matching baseline's p50;\n  \
+             polls, flushes = requests per command seen by the devcloud; cswch = tetherd context switches per command"
         );
     }
 
@@ -89,7 +95,7 @@ pub fn render(r: &Report) -> String {
         );
         let _ = writeln!(
             o,
-            "{:<7} {:>6} {:>8} {:>6} {:>8} {:>9} {:>9} | {:>9} {:>9} | {:>8} {:>8} | {:>6} {:>7}",
+            "{:<7} {:>6} {:>8} {:>6} {:>8} {:>9} {:>9} {:>8} | {:>9} {:>9} | {:>8} {:>8} | {:>6} {:>7}",
             "sync",
             "appl.",
             "commands",
@@ -97,6 +103,7 @@ pub fn render(r: &Report) -> String {
             "seconds",
             "cmd/s",
             "steady/s",
+            "stall ms",
             "burst p50",
             "burst p99",
             "gw p50",
@@ -107,7 +114,7 @@ pub fn render(r: &Report) -> String {
         for t in &r.throughput {
             let _ = writeln!(
                 o,
-                "{:<7} {:>6} {:>8} {:>6} {:>8.2} {:>9.0} {:>9.0} | {:>9.0} {:>9.0} | {:>8.0} {:>8.0} | {:>6} {:>7}",
+                "{:<7} {:>6} {:>8} {:>6} {:>8.2} {:>9.0} {:>9.0} {:>8.0} | {:>9.0} {:>9.0} | {:>8.0} {:>8.0} | {:>6} {:>7}",
                 t.sync,
                 t.appliances,
                 t.commands,
@@ -115,6 +122,7 @@ pub fn render(r: &Report) -> String {
                 t.seconds,
                 t.commands_per_s,
                 t.steady_commands_per_s,
+                t.longest_gap_ms,
                 t.burst.p50,
                 t.burst.p99,
                 t.in_gateway.p50,
@@ -125,7 +133,8 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(
             o,
-            "  burst = enqueue -> stored per command (ms; a burst queues, so ~ position / rate);\n  \
+            "  steady = rate between 10 % and 90 % of the results; stall = longest time with no result stored;\n  \
+             burst = enqueue -> stored per command (ms; a burst queues, so ~ position / rate);\n  \
              gw = duration_ms inside the gateway (ms), including the wait in the appliance's queue"
         );
     }
@@ -139,16 +148,18 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "\n3. Footprint of tetherd, idle{env}");
         let _ = writeln!(
             o,
-            "{:<22} {:>9} {:>9} {:>8}",
-            "appliances connected", "VmRSS MB", "VmHWM MB", "threads"
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "appliances connected", "VmRSS MB", "VmHWM MB", "anon MB", "file MB", "threads"
         );
         for s in &f.steps {
             let _ = writeln!(
                 o,
-                "{:<22} {:>9.1} {:>9.1} {:>8}",
+                "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8}",
                 s.appliances_connected,
                 mb(s.memory.vm_rss_kib),
                 mb(s.memory.vm_hwm_kib),
+                mb(s.memory.rss_anon_kib),
+                mb(s.memory.rss_file_kib + s.memory.rss_shmem_kib),
                 s.memory.threads
             );
         }
