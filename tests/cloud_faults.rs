@@ -179,14 +179,14 @@ async fn refused_credentials_recover_when_the_operator_fixes_the_token() {
     std::fs::write(&token, "wrong-token").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = config(dir.path(), &cloud, &["f-1"], "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "backoff_max = \"2s\"\n",
+    add_cloud_keys(
+        &cfg,
         &format!(
-            "backoff_max = \"2s\"\ntoken_file = \"{}\"\n",
+            "token_file = \"{}\"
+",
             token.display()
         ),
     );
-    std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
     let _app = Appliance::connect(daemon.mqtt, "f-1", Behaviour::Echo).await;
     daemon

@@ -26,14 +26,14 @@ async fn the_token_works_and_never_reaches_a_log_line() {
     let cloud = DevCloud::start(dir.path(), &["--token", TOKEN]);
     let token = secret_file(&dir.path().join("token"), &format!("{TOKEN}\n"));
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "backoff_max = \"2s\"\n",
+    add_cloud_keys(
+        &cfg,
         &format!(
-            "backoff_max = \"2s\"\ntoken_file = \"{}\"\n",
+            "token_file = \"{}\"
+",
             token.display()
         ),
     );
-    std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
     let _app = Appliance::connect(daemon.mqtt, "t-1", Behaviour::Echo).await;
     let id = cloud.enqueue(json!({"target": "t-1"})).await;
@@ -50,14 +50,14 @@ async fn wrong_credentials_are_reported_once_and_retried_slowly() {
     let cloud = DevCloud::start(dir.path(), &["--token", TOKEN]);
     let token = secret_file(&dir.path().join("token"), "not-the-token");
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "backoff_max = \"2s\"\n",
+    add_cloud_keys(
+        &cfg,
         &format!(
-            "backoff_max = \"2s\"\ntoken_file = \"{}\"\n",
+            "token_file = \"{}\"
+",
             token.display()
         ),
     );
-    std::fs::write(&cfg, text).unwrap();
     let daemon = Tetherd::start(&cfg);
     let line = daemon
         .log

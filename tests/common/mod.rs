@@ -395,6 +395,14 @@ pub fn config_with_mqtt(
     path
 }
 
+/// Adds keys to the `[cloud]` section of a config written by [`config`].
+pub fn add_cloud_keys(cfg: &Path, keys: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let anchor = "backoff_max = \"2s\"\n";
+    assert!(text.contains(anchor), "not a config from common::config");
+    std::fs::write(cfg, text.replacen(anchor, &format!("{anchor}{keys}"), 1)).unwrap();
+}
+
 /// A loopback port free right now (for a daemon that must keep its port across restarts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
