@@ -223,7 +223,7 @@ async fn journald_gets_structured_fields() {
          && mount --bind {} /run/systemd/journal/socket && exec \"$0\" \"$@\"",
         sock.display()
     );
-    let mut child = Command::new("unshare")
+    let child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(env!("CARGO_BIN_EXE_tetherd"))
         .arg("--config")
@@ -232,6 +232,15 @@ async fn journald_gets_structured_fields() {
         .stderr(Stdio::null())
         .spawn()
         .expect("unshare (util-linux) and root");
+    // Killed on drop, so a failing assertion does not leave the daemon running.
+    struct Reaper(std::process::Child);
+    impl Drop for Reaper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _reaper = Reaper(child);
     journal.wait_for("mqtt endpoint listening");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let _app = Appliance::connect(addr, "j-1", Behaviour::Echo).await;
@@ -257,6 +266,4 @@ async fn journald_gets_structured_fields() {
     }
     // No payloads at info level.
     assert!(journal.all().iter().all(|r| !r.contains("s3cr3t-payload")));
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
 }
