@@ -179,14 +179,7 @@ async fn refused_credentials_recover_when_the_operator_fixes_the_token() {
     std::fs::write(&token, "wrong-token").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = config(dir.path(), &cloud, &["f-1"], "");
-    add_cloud_keys(
-        &cfg,
-        &format!(
-            "token_file = \"{}\"
-",
-            token.display()
-        ),
-    );
+    use_token_file(&cfg, &token);
     let daemon = Tetherd::start(&cfg);
     let _app = Appliance::connect(daemon.mqtt, "f-1", Behaviour::Echo).await;
     daemon

@@ -26,14 +26,7 @@ async fn the_token_works_and_never_reaches_a_log_line() {
     let cloud = DevCloud::start(dir.path(), &["--token", TOKEN]);
     let token = secret_file(&dir.path().join("token"), &format!("{TOKEN}\n"));
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
-    add_cloud_keys(
-        &cfg,
-        &format!(
-            "token_file = \"{}\"
-",
-            token.display()
-        ),
-    );
+    use_token_file(&cfg, &token);
     let daemon = Tetherd::start(&cfg);
     let _app = Appliance::connect(daemon.mqtt, "t-1", Behaviour::Echo).await;
     let id = cloud.enqueue(json!({"target": "t-1"})).await;
@@ -50,14 +43,7 @@ async fn wrong_credentials_are_reported_once_and_retried_slowly() {
     let cloud = DevCloud::start(dir.path(), &["--token", TOKEN]);
     let token = secret_file(&dir.path().join("token"), "not-the-token");
     let cfg = config(dir.path(), &cloud, &["t-1"], "");
-    add_cloud_keys(
-        &cfg,
-        &format!(
-            "token_file = \"{}\"
-",
-            token.display()
-        ),
-    );
+    use_token_file(&cfg, &token);
     let daemon = Tetherd::start(&cfg);
     let line = daemon
         .log

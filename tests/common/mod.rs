@@ -403,6 +403,11 @@ pub fn add_cloud_keys(cfg: &Path, keys: &str) {
     std::fs::write(cfg, text.replacen(anchor, &format!("{anchor}{keys}"), 1)).unwrap();
 }
 
+/// Points the `[cloud]` section at a token file.
+pub fn use_token_file(cfg: &Path, token: &Path) {
+    add_cloud_keys(cfg, &format!("token_file = \"{}\"\n", token.display()));
+}
+
 /// A loopback port free right now (for a daemon that must keep its port across restarts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

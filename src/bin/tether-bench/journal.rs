@@ -1,5 +1,4 @@
-//! Durability cost, measured on the journal API in this process (the method of
-//! `examples/journal_bench.rs`): results recorded per second with `sync = full` and
+//! Durability cost, measured on the journal API in this process: results recorded per second with `sync = full` and
 //! `normal`, by one writer (each result waits for its own commit, as with one appliance
 //! answering at a time) and by 64 concurrent writers (results share commits: group commit,
 //! as when many appliances answer at once). End to end through tetherd, the throughput
