@@ -64,6 +64,9 @@ pub struct Recovery {
 
 pub struct Store {
     conn: Connection,
+    sync: SyncMode,
+    /// The connection is at `synchronous = NORMAL` for a group of acks only.
+    relaxed: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -103,7 +106,11 @@ impl Store {
                 Self::open_checked(&path, sync).map_err(|d| open_err(d.to_string()))?
             }
         };
-        let store = Store { conn };
+        let store = Store {
+            conn,
+            sync,
+            relaxed: false,
+        };
         let mut recovery = store.recover().map_err(|e| open_err(e.to_string()))?;
         recovery.reset = reset;
         Ok((store, recovery))
@@ -212,7 +219,22 @@ impl Store {
     /// Applies a group of requests in one transaction and answers each after the commit.
     pub fn apply(&mut self, group: Vec<Req>, gauges: &Gauges) {
         let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+        // A group that only forgets acked results (or reads) commits without an fsync: an
+        // ack lost in a power cut only means the result is sent again, which at-least-once
+        // delivery allows. The WAL is append-only, so the next fsynced commit makes these
+        // frames durable too, in order.
+        let relax = self.sync == SyncMode::Full
+            && group
+                .iter()
+                .all(|r| matches!(r, Req::Ack(..) | Req::Owed { .. }));
         let outcome = (|| -> Result<(), JournalError> {
+            if relax != self.relaxed {
+                let level = if relax { "NORMAL" } else { "FULL" };
+                self.conn
+                    .pragma_update(None, "synchronous", level)
+                    .map_err(sql_err)?;
+                self.relaxed = relax;
+            }
             let tx = self.conn.transaction().map_err(sql_err)?;
             let mut acked = false;
             for req in group {
