@@ -2,8 +2,10 @@
 //!
 //! The uplink driver calls [`Router::submit`] with a poll response's commands; the router
 //! validates each one, resolves its targets (an id, a list, or `group:NAME`), and queues one
-//! job per target on that appliance's worker. A worker runs its appliance's jobs one at a
-//! time, in order (appliances run concurrently), checking the TTL just before dispatch.
+//! job per target on that appliance's lane. A lane's worker runs its jobs one at a time, in
+//! order (appliances run concurrently), checking the TTL just before dispatch. Lanes and
+//! workers exist only while an appliance has work: an idle fleet of a thousand appliances
+//! costs no task and no queue per appliance.
 //! When every target of a command has finished, the aggregated result goes to the
 //! [`Outbox`]. The driver asks the router which commands are pending and how many more it
 //! can take (the advertised capacity).
@@ -13,12 +15,12 @@
 //! across restarts. At start, [`Router::recover`] settles what a previous run left
 //! running: `interrupted`, or run again when the command is idempotent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,12 +58,14 @@ struct Routing {
     cfg: RouterConfig,
     appliances: HashMap<String, TransportKind>,
     groups: BTreeMap<String, Vec<String>>,
-    queues: HashMap<String, mpsc::Sender<Job>>,
 }
 
 #[derive(Default)]
 struct State {
     pending: HashMap<String, Pending>,
+    /// Jobs not yet started, per appliance. An entry exists exactly while a worker runs
+    /// for that appliance; the worker removes it when it finds the queue empty.
+    lanes: HashMap<String, VecDeque<Job>>,
 }
 
 /// A command some of whose targets have not finished.
@@ -74,6 +78,9 @@ struct Pending {
 }
 
 struct Job {
+    /// Fixed when queued: a reload that moves the appliance to another transport does
+    /// not change where an already accepted job goes.
+    kind: TransportKind,
     command_id: String,
     index: usize,
     payload: Arc<Value>,
@@ -82,7 +89,7 @@ struct Job {
 }
 
 impl Router {
-    /// Starts one worker per configured appliance on `tracker`; they stop on `cancel`.
+    /// Workers run on `tracker` while appliances have work; they stop on `cancel`.
     pub fn start(
         config: &Config,
         transports: Transports,
@@ -96,7 +103,6 @@ impl Router {
                 cfg: config.router.clone(),
                 appliances: HashMap::new(),
                 groups: BTreeMap::new(),
-                queues: HashMap::new(),
             })),
             state: Mutex::new(State::default()),
             idle: Notify::new(),
@@ -111,32 +117,10 @@ impl Router {
         router
     }
 
-    /// Applies a (re)loaded configuration: appliances, groups and limits change at once.
-    /// A new appliance gets a worker; a removed one's worker finishes what it has queued
-    /// and stops; a kept one keeps its queue and order.
+    /// Applies a (re)loaded configuration: appliances, groups and limits change at once
+    /// for new commands. Jobs already queued keep their order and run where they were
+    /// sent, also for an appliance the reload removed.
     pub fn reconfigure(&self, config: &Config) {
-        let old = self.shared.routing();
-        let mut queues = HashMap::new();
-        for a in &config.appliances {
-            match (old.queues.get(&a.id), old.appliances.get(&a.id)) {
-                (Some(q), Some(kind)) if *kind == a.transport => {
-                    queues.insert(a.id.clone(), q.clone());
-                }
-                _ => {
-                    let (tx, rx) = mpsc::channel(config.router.max_queue_per_appliance);
-                    queues.insert(a.id.clone(), tx);
-                    let worker = Worker {
-                        appliance: a.id.clone(),
-                        kind: a.transport,
-                        transports: self.shared.transports.clone(),
-                        shared: self.shared.clone(),
-                    };
-                    self.shared
-                        .tracker
-                        .spawn(worker.run(rx, self.shared.cancel.clone()));
-                }
-            }
-        }
         let routing = Routing {
             cfg: config.router.clone(),
             appliances: config
@@ -145,7 +129,6 @@ impl Router {
                 .map(|a| (a.id.clone(), a.transport))
                 .collect(),
             groups: config.groups.clone(),
-            queues,
         };
         *self
             .shared
@@ -309,6 +292,7 @@ impl Router {
             .unwrap_or(routing.cfg.default_timeout);
         let payload = Arc::new(cmd.payload);
         let mut refused = Vec::new();
+        let mut idle = Vec::new();
         {
             let mut state = self.shared.lock();
             state.pending.insert(
@@ -321,26 +305,49 @@ impl Router {
                 },
             );
             for (index, target) in targets.iter().enumerate() {
-                let job = Job {
+                // `validate` checked every target is configured.
+                let Some(&kind) = routing.appliances.get(target) else {
+                    refused.push((index, target.clone(), "appliance is not configured"));
+                    continue;
+                };
+                let lane = match state.lanes.get_mut(target) {
+                    Some(lane) => lane,
+                    None => {
+                        idle.push(target.clone());
+                        state.lanes.entry(target.clone()).or_default()
+                    }
+                };
+                if lane.len() >= routing.cfg.max_queue_per_appliance {
+                    refused.push((index, target.clone(), "appliance queue is full"));
+                    continue;
+                }
+                lane.push_back(Job {
+                    kind,
                     command_id: cmd.id.clone(),
                     index,
                     payload: payload.clone(),
                     deadline,
                     timeout,
-                };
-                let sent = routing.queues.get(target).map(|q| q.try_send(job));
-                if !matches!(sent, Some(Ok(()))) {
-                    refused.push((index, target.clone()));
-                }
+                });
             }
         }
+        for appliance in idle {
+            let worker = Worker {
+                appliance,
+                transports: self.shared.transports.clone(),
+                shared: self.shared.clone(),
+            };
+            self.shared
+                .tracker
+                .spawn(worker.run(self.shared.cancel.clone()));
+        }
         log::info!(command_id = cmd.id.as_str(), targets = targets.len(); "command accepted");
-        for (index, target) in refused {
+        for (index, target, why) in refused {
             let item = ItemResult {
                 target,
                 status: Status::Rejected,
                 payload: None,
-                error: Some("appliance queue is full".into()),
+                error: Some(why.into()),
                 duration_ms: 0,
             };
             self.shared.complete_item(&cmd.id, index, item).await;
@@ -517,23 +524,33 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs one appliance's jobs in order.
+/// Runs one appliance's lane in order, and ends when the lane is empty.
 struct Worker {
     appliance: String,
-    kind: TransportKind,
     transports: Transports,
     shared: Arc<Shared>,
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+    async fn run(self, cancel: CancellationToken) {
         loop {
-            let job = tokio::select! {
-                _ = cancel.cancelled() => return,
-                job = rx.recv() => match job {
+            if cancel.is_cancelled() {
+                // Stopping: what is still queued stays pending and is reported as
+                // interrupted at the next start.
+                return;
+            }
+            let job = {
+                let mut state = self.shared.lock();
+                let Some(lane) = state.lanes.get_mut(&self.appliance) else {
+                    return;
+                };
+                match lane.pop_front() {
                     Some(job) => job,
-                    None => return,
-                },
+                    None => {
+                        state.lanes.remove(&self.appliance);
+                        return;
+                    }
+                }
             };
             let item = self.run_job(&job).await;
             self.shared
@@ -544,7 +561,7 @@ impl Worker {
 
     async fn run_job(&self, job: &Job) -> ItemResult {
         let start = Instant::now();
-        let transport = match self.kind {
+        let transport = match job.kind {
             TransportKind::Mqtt => "mqtt",
             TransportKind::Ble => "ble",
         };
@@ -559,7 +576,7 @@ impl Worker {
             };
             Some(
                 self.transports
-                    .execute(self.kind, &self.appliance, dispatch)
+                    .execute(job.kind, &self.appliance, dispatch)
                     .await,
             )
         };
@@ -591,5 +608,85 @@ impl Worker {
             error,
             duration_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::SyncMode;
+
+    impl Router {
+        fn lanes(&self) -> usize {
+            self.shared.lock().lanes.len()
+        }
+    }
+
+    /// Lanes (and their worker tasks) exist only while an appliance has work, and a
+    /// lane's bound turns the excess into `rejected` items.
+    #[tokio::test]
+    async fn lanes_come_and_go_with_work_and_are_bounded() {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-router-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let mut text = format!(
+            "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
+             token_file = \"/nonexistent\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
+             [router]\nmax_queue_per_appliance = 3\n",
+            dir.display()
+        );
+        for i in 0..20 {
+            text.push_str(&format!(
+                "[[appliance]]\nid = \"a{i}\"\ntransport = \"mqtt\"\npassword = \"p{i}\"\n"
+            ));
+        }
+        let config = Config::parse(&text).expect("config");
+        let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+        let outbox = Arc::new(Outbox::new(journal.clone(), 100));
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let (mqtt, _, _) =
+            crate::transport::mqtt::start(&config, None, outbox.clone(), &tracker, cancel.clone())
+                .await
+                .unwrap();
+        let transports = Transports { mqtt, ble: None };
+        let router = Router::start(
+            &config,
+            transports,
+            journal,
+            outbox.clone(),
+            &tracker,
+            cancel.clone(),
+        );
+        assert_eq!(
+            router.lanes(),
+            0,
+            "no appliance has work: no lane, no worker"
+        );
+        // Nobody is connected, so every job ends quickly as `unreachable`.
+        let mut commands: Vec<Value> = (0..40)
+            .map(|n| json!({"id": format!("c{n}"), "target": format!("a{}", n % 20)}))
+            .collect();
+        // Five at once for one appliance: one runs, three queue, one is over the bound.
+        commands.extend((0..5).map(|n| json!({"id": format!("burst{n}"), "target": "a0"})));
+        router.submit(commands).await;
+        router.idle().await;
+        assert_eq!(router.lanes(), 0, "every lane ended with its work");
+        let owed = outbox.take(100, 0).await.results;
+        assert_eq!(owed.len(), 45);
+        let rejected: Vec<&str> = owed
+            .iter()
+            .filter(|r| r.status == Status::Rejected)
+            .map(|r| r.error.as_deref().unwrap_or(""))
+            .collect();
+        assert!(
+            !rejected.is_empty() && rejected.iter().all(|e| e.contains("queue is full")),
+            "{rejected:?}"
+        );
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
