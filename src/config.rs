@@ -132,6 +132,15 @@ pub struct MqttConfig {
     /// for it (at most its timeout) before it is `unreachable`.
     #[serde(default = "default_startup_grace", with = "humantime_serde")]
     pub startup_grace: Duration,
+    /// Events one appliance may raise per second (its own events, and the reports of its
+    /// denied or malformed messages), with bursts of twice that; the rest are dropped and
+    /// counted.
+    #[serde(default = "default_max_event_rate")]
+    pub max_event_rate: u32,
+    /// New connections accepted per second from one source address (an IPv6 /64 counts as
+    /// one), with bursts of three times that; the rest are closed at once and counted.
+    #[serde(default = "default_max_connect_rate")]
+    pub max_connect_rate: u32,
     /// Optional second listener speaking MQTT over TLS (e.g. `0.0.0.0:8883`).
     #[serde(default)]
     pub tls_listen: Option<SocketAddr>,
@@ -311,6 +320,12 @@ fn default_idle_timeout() -> Duration {
 fn default_max_events() -> usize {
     10_000
 }
+fn default_max_event_rate() -> u32 {
+    20
+}
+fn default_max_connect_rate() -> u32 {
+    10
+}
 fn default_startup_grace() -> Duration {
     Duration::from_secs(10)
 }
@@ -341,6 +356,8 @@ impl Default for MqttConfig {
             idle_timeout: default_idle_timeout(),
             max_events: default_max_events(),
             startup_grace: default_startup_grace(),
+            max_event_rate: default_max_event_rate(),
+            max_connect_rate: default_max_connect_rate(),
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -702,6 +719,12 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
         }
         if m.max_connections == 0 {
             self.err(&["mqtt", "max_connections"], "must be at least 1");
+        }
+        if m.max_event_rate == 0 {
+            self.err(&["mqtt", "max_event_rate"], "must be at least 1");
+        }
+        if m.max_connect_rate == 0 {
+            self.err(&["mqtt", "max_connect_rate"], "must be at least 1");
         }
         if m.connect_timeout.is_zero() || m.idle_timeout.is_zero() {
             self.err(

@@ -56,7 +56,9 @@ async fn malformed_unknown_and_duplicate_results_are_dropped_and_counted() {
 async fn a_flood_from_one_appliance_is_bounded_and_does_not_starve_the_others() {
     let dir = TempDir::new("flood");
     let cloud = DevCloud::start(dir.path(), &[]);
-    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_events = 100\n";
+    // The rate limit is lifted here: this test is about the bound of events kept while
+    // the cloud is away (`an_event_flood_is_rate_limited` covers the rate).
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_events = 100\nmax_event_rate = 1000000\n";
     let cfg = config_with_mqtt(dir.path(), &cloud, &["noisy", "calm"], mqtt, "");
     let daemon = Tetherd::start(&cfg);
     let noisy = Appliance::connect(daemon.mqtt, "noisy", Behaviour::Echo).await;
@@ -130,7 +132,10 @@ async fn a_disconnect_mid_command_is_interrupted_and_a_reconnect_storm_is_absorb
     let cloud = DevCloud::start(dir.path(), &[]);
     let names: Vec<String> = (0..100).map(|i| format!("s-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let cfg = config(dir.path(), &cloud, &refs, "");
+    // Here the whole fleet connects from 127.0.0.1, one address: lift the per-address
+    // connection rate that would otherwise (rightly) slow the storm down.
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connect_rate = 100000\n";
+    let cfg = config_with_mqtt(dir.path(), &cloud, &refs, mqtt, "");
     let daemon = Tetherd::start(&cfg);
     // Mid-command disconnect: sent, never answered, link gone.
     let mut one = Appliance::connect(daemon.mqtt, "s-0", Behaviour::Manual).await;
@@ -170,4 +175,102 @@ async fn a_disconnect_mid_command_is_interrupted_and_a_reconnect_storm_is_absorb
         assert_eq!(cloud.result(id).await["result"]["status"], "ok", "{id}");
     }
     drop(apps);
+}
+
+/// One appliance raising events (and refused messages) without pause is held to
+/// `mqtt.max_event_rate`: the excess is dropped, counted, logged once, and reported to the
+/// cloud as a number; a well-behaved neighbour's events and commands are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_flood_is_rate_limited_per_appliance() {
+    let dir = TempDir::new("eventrate");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    // 5 per second, bursts of 10.
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_event_rate = 5\n";
+    let cfg = config_with_mqtt(dir.path(), &cloud, &["noisy", "calm"], mqtt, "");
+    let daemon = Tetherd::start(&cfg);
+    let noisy = Appliance::connect(daemon.mqtt, "noisy", Behaviour::Echo).await;
+    let calm = Appliance::connect(daemon.mqtt, "calm", Behaviour::Echo).await;
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 500;
+    for n in 0..FLOOD {
+        noisy
+            .client
+            .publish(
+                "tether/noisy/events",
+                QoS::AtLeastOnce,
+                false,
+                json!({"n": n}).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    // Refused messages are reported within the same budget, not one log line each.
+    for _ in 0..300 {
+        noisy
+            .client
+            .publish("tether/calm/result", QoS::AtLeastOnce, false, "{}")
+            .await
+            .unwrap();
+    }
+    for n in 0..5 {
+        calm.client
+            .publish(
+                "tether/calm/events",
+                QoS::AtLeastOnce,
+                false,
+                json!({"calm": n}).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    daemon.log.wait_async("exceeds mqtt.max_event_rate").await;
+    let id = cloud.enqueue(json!({"target": "calm", "payload": 1})).await;
+    assert_eq!(cloud.result(&id).await["result"]["status"], "ok");
+    // Once the flood is over, the next event gets through and carries the count.
+    let events = eventually("the drop count reported upstream", || async {
+        noisy
+            .client
+            .publish("tether/noisy/events", QoS::AtLeastOnce, false, "\"late\"")
+            .await
+            .unwrap();
+        let e = cloud.events().await;
+        e.iter().any(|e| e["kind"] == "rate_limited").then_some(e)
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let from = |who: &str, kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["appliance"] == who && e["kind"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let calm_events = from("calm", "event");
+    assert_eq!(calm_events.len(), 5, "the neighbour's events all arrive");
+    let flood_delivered = from("noisy", "event")
+        .iter()
+        .filter(|e| e["payload"].get("n").is_some())
+        .count();
+    let reported: u64 = from("noisy", "rate_limited")
+        .iter()
+        .map(|e| e["payload"]["dropped"].as_u64().unwrap())
+        .sum();
+    let allowed = 10.0 + 5.0 * elapsed;
+    assert!(
+        (flood_delivered as f64) <= allowed,
+        "{flood_delivered} flood events passed in {elapsed:.1} s; the budget was {allowed:.0}"
+    );
+    let denied_events = from("noisy", "denied").len() as u64;
+    assert!(
+        flood_delivered as u64 + denied_events + reported >= (FLOOD + 300) as u64,
+        "every event delivered or counted: {flood_delivered} + {denied_events} + {reported}"
+    );
+    let denied_lines = daemon.log.count("denied publish");
+    assert!(
+        (denied_lines as f64) < allowed,
+        "{denied_lines} log lines for 300 refused publishes"
+    );
+    eprintln!(
+        "event flood: {flood_delivered} of {FLOOD} delivered, {reported} reported dropped, \
+         {denied_lines} denial lines logged, in {elapsed:.1} s"
+    );
 }

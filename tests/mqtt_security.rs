@@ -324,3 +324,102 @@ async fn hashed_passwords_from_hash_password_authenticate() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("appliance[0].password"));
 }
+
+/// A device that connects too often is closed before a byte is read, per source address:
+/// another device (here another loopback address) is not affected.
+#[tokio::test]
+async fn connecting_too_often_is_refused_per_source_address() {
+    let dir = TempDir::new("connrate");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    // 1 per second, bursts of 3. A long CONNECT timeout: a socket the limit let through
+    // stays open, waiting for its CONNECT, long after the test's own patience.
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connect_rate = 1\nconnect_timeout = \"60s\"\n";
+    let cfg = config_with_mqtt(dir.path(), &cloud, &["bulb", "lock"], mqtt, "");
+    let daemon = Tetherd::start(&cfg);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap());
+    }
+    let mut refused = tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        refused.read(&mut byte).await
+    })
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection within the burst must be closed at once, got {closed:?}"
+    );
+    daemon.log.wait_async("mqtt.max_connect_rate").await;
+    // The burst's sockets were accepted: one of them can still log in.
+    let mut first = held.remove(0);
+    {
+        use rumqttc::mqttbytes::v4::{Connect, Login, Packet as Raw};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut connect = Connect::new("bulb");
+        connect.login = Some(Login::new("bulb", password("bulb")));
+        let mut out = bytes::BytesMut::new();
+        Raw::Connect(connect).write(&mut out, 1 << 16).unwrap();
+        first.write_all(&out).await.unwrap();
+        let mut ack = [0u8; 4];
+        first.read_exact(&mut ack).await.unwrap();
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    }
+    // Another device, another address: served at once.
+    let source = "127.0.0.2".parse().unwrap();
+    let _lock = RawClient::connect_from(daemon.mqtt, source, "lock", &password("lock")).await;
+    let closed_one = daemon.log.count("max_connect_rate");
+    assert_eq!(
+        closed_one, 1,
+        "one warning per spell, not one per connection"
+    );
+}
+
+/// SUBSCRIBE churn and oversized filter lists close the connection instead of costing the
+/// gateway work (and upstream events) without end.
+#[tokio::test]
+async fn subscribe_churn_and_long_filter_lists_disconnect() {
+    use rumqttc::mqttbytes::v4::{Packet as Raw, Subscribe, SubscribeFilter};
+    let dir = TempDir::new("churn");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &cloud, &["bulb"], "");
+    let daemon = Tetherd::start(&cfg);
+    let mut raw = RawClient::connect(daemon.mqtt, "bulb", &password("bulb")).await;
+    let own = "tether/bulb/cmd";
+    // The burst (16) is granted...
+    for pkid in 1..=16u16 {
+        let mut s = Subscribe::new(own, QoS::AtLeastOnce);
+        s.pkid = pkid;
+        raw.send(Raw::Subscribe(s)).await;
+        assert!(
+            matches!(raw.recv().await, Some(Raw::SubAck(_))),
+            "SUBSCRIBE {pkid} answered"
+        );
+    }
+    // ... and one more at once is churn.
+    let mut s = Subscribe::new(own, QoS::AtLeastOnce);
+    s.pkid = 17;
+    raw.send(Raw::Subscribe(s)).await;
+    assert_eq!(raw.recv().await, None, "disconnected for churn");
+    daemon.log.wait_async("churn beyond the allowed rate").await;
+    // Nine filters in one packet (even denied ones, each of which would be an event).
+    let mut raw = RawClient::connect(daemon.mqtt, "bulb", &password("bulb")).await;
+    let filters: Vec<SubscribeFilter> = (0..9)
+        .map(|i| SubscribeFilter::new(format!("tether/other-{i}/cmd"), QoS::AtMostOnce))
+        .collect();
+    let mut s = Subscribe::new_many(filters);
+    s.pkid = 1;
+    raw.send(Raw::Subscribe(s)).await;
+    assert_eq!(raw.recv().await, None, "disconnected for too many filters");
+    daemon.log.wait_async("more topic filters").await;
+    assert_eq!(
+        daemon.log.count("denied subscribe"),
+        0,
+        "refused before any filter was looked at"
+    );
+    // The appliance is still welcome to behave.
+    let _bulb = Appliance::connect(daemon.mqtt, "bulb", Behaviour::Echo).await;
+    let id = cloud.enqueue(json!({"target": "bulb"})).await;
+    assert_eq!(cloud.result(&id).await["result"]["status"], "ok");
+}

@@ -715,8 +715,26 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and authenticates; panics unless the CONNACK accepts.
     pub async fn connect(mqtt: SocketAddr, id: &str, pass: &str) -> RawClient {
-        use rumqttc::mqttbytes::v4::{Connect, Login};
         let stream = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+        RawClient::login(stream, id, pass).await
+    }
+
+    /// Like [`RawClient::connect`], from the loopback address `source` (127.0.0.0/8),
+    /// so the endpoint sees another device.
+    pub async fn connect_from(
+        mqtt: SocketAddr,
+        source: std::net::IpAddr,
+        id: &str,
+        pass: &str,
+    ) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(mqtt).await.unwrap();
+        RawClient::login(stream, id, pass).await
+    }
+
+    async fn login(stream: tokio::net::TcpStream, id: &str, pass: &str) -> RawClient {
+        use rumqttc::mqttbytes::v4::{Connect, Login};
         let mut raw = RawClient {
             stream,
             buf: bytes::BytesMut::new(),

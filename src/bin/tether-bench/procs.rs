@@ -98,12 +98,13 @@ pub fn password(id: &str) -> String {
 }
 
 /// The config file: defaults everywhere except what a benchmark must pin (loopback MQTT
-/// on a free port, no start-up grace, logs to stderr whatever the environment).
+/// on a free port, no start-up grace, logs to stderr whatever the environment, and a
+/// connection rate for a whole fleet that connects from one address, 127.0.0.1).
 fn config_text(setup: &Setup, cloud: &DevCloud, state_dir: &Path) -> String {
     let mut text = format!(
         "[gateway]\nid = \"{gw}\"\nstate_dir = \"{state}\"\n\n\
          [cloud]\nurl = \"https://localhost:{port}\"\nca_file = \"{ca}\"\nresult_linger = \"{linger}\"\n\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connections = {maxconn}\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connections = {maxconn}\nmax_connect_rate = 100000\n\n\
          [state]\nsync = \"{sync}\"\n\n[log]\ntarget = \"stderr\"\n\n",
         gw = setup.gateway,
         state = state_dir.display(),

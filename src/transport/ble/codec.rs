@@ -57,6 +57,8 @@ pub enum CodecError {
     AnswerNotJson(String, String),
     #[error("appliance answered with bytes that are not UTF-8: {0}")]
     AnswerNotUtf8(String),
+    #[error("appliance answered {0} bytes; a GATT attribute holds at most {MAX_ATTRIBUTE}")]
+    AnswerTooLong(usize),
 }
 
 /// The bytes to write for `payload`.
@@ -80,6 +82,10 @@ pub fn encode(payload: &Value, encoding: Encoding) -> Result<Vec<u8>, CodecError
 
 /// The result payload for the `bytes` the appliance answered.
 pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<Value, CodecError> {
+    // BlueZ enforces the ATT maximum on real radios; this holds it for any stack.
+    if bytes.len() > MAX_ATTRIBUTE {
+        return Err(CodecError::AnswerTooLong(bytes.len()));
+    }
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes)
             .map_err(|e| CodecError::AnswerNotJson(e.to_string(), preview(bytes))),

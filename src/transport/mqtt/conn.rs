@@ -25,12 +25,22 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, ToConn};
+use super::limits::{Bucket, Take};
 use super::topic;
 
 /// A client that cannot take a packet within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commands queued for one connection before `execute` reports it as not reading.
 pub const OUTBOUND_QUEUE: usize = 64;
+/// A write buffer grown past this by one large packet is given back afterwards.
+const KEEP_BUFFER: usize = 4096;
+/// Topic filters in one SUBSCRIBE or UNSUBSCRIBE: an appliance needs one.
+const MAX_FILTERS: usize = 8;
+/// SUBSCRIBE and UNSUBSCRIBE packets per connection: a burst of this many, then one every
+/// `SUBSCRIBE_PERIOD`. An appliance subscribes once per connection; churn beyond this is a
+/// bug or an attack, and the connection is closed.
+const SUBSCRIBE_BURST: f64 = 16.0;
+const SUBSCRIBE_PERIOD: Duration = Duration::from_secs(5);
 /// QoS 2 publishes awaiting PUBREL, per connection.
 const MAX_AWAITING_REL: usize = 64;
 
@@ -70,8 +80,10 @@ pub async fn serve<S>(
     let mut conn = Conn {
         rd,
         wr,
-        rbuf: BytesMut::with_capacity(1024),
-        wbuf: BytesMut::with_capacity(1024),
+        // Small to start: a thousand idle appliances each hold these. They grow for a
+        // large packet when one comes.
+        rbuf: BytesMut::with_capacity(256),
+        wbuf: BytesMut::with_capacity(256),
         limits,
         hub,
     };
@@ -129,6 +141,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             },
             next_pkid: 1,
             awaiting_rel: HashSet::new(),
+            subscribes: Bucket::full(SUBSCRIBE_BURST, Instant::now()),
         };
         let mut will = connect.last_will;
         let ack = Packet::ConnAck(ConnAck::new(
@@ -177,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         if publish.qos != QoS::AtMostOnce {
                             publish.pkid = session.pkid();
                         }
-                        self.write(&Packet::Publish(publish)).await?;
+                        self.write(&Packet::Publish(*publish)).await?;
                     }
                     // The hub dropped our sender: a newer connection took over.
                     None => return Ok(Exit::Kicked),
@@ -198,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::Disconnect => return Ok(Some(Exit::Disconnect)),
             Packet::Connect(_) => return Err(ConnError::Violation("second CONNECT")),
             Packet::Subscribe(sub) => {
+                s.churn(sub.filters.len())?;
                 let prefix = self.hub.prefix().to_owned();
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 for f in &sub.filters {
@@ -219,6 +233,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     .await?;
             }
             Packet::Unsubscribe(unsub) => {
+                s.churn(unsub.topics.len())?;
                 let own = topic::cmd_topic(self.hub.prefix(), &s.id);
                 if unsub.topics.contains(&own) {
                     self.hub.subscribed(&s.id, None);
@@ -284,7 +299,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     async fn write(&mut self, packet: &Packet) -> Result<(), ConnError> {
         self.wbuf.clear();
         packet.write(&mut self.wbuf, self.limits.max_packet)?;
-        match timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await {
+        let written = timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await;
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            // One large command must not pin its size for the life of the connection.
+            self.wbuf = BytesMut::with_capacity(256);
+        }
+        match written {
             Ok(r) => Ok(r?),
             Err(_) => Err(ConnError::Timeout),
         }
@@ -309,9 +329,26 @@ struct Session {
     keep_alive: Duration,
     next_pkid: u16,
     awaiting_rel: HashSet<u16>,
+    subscribes: Bucket,
 }
 
 impl Session {
+    /// Charges one SUBSCRIBE/UNSUBSCRIBE with `filters` topic filters.
+    fn churn(&mut self, filters: usize) -> Result<(), ConnError> {
+        if filters > MAX_FILTERS {
+            return Err(ConnError::Violation(
+                "more topic filters in one SUBSCRIBE/UNSUBSCRIBE than allowed (8)",
+            ));
+        }
+        let rate = 1.0 / SUBSCRIBE_PERIOD.as_secs_f64();
+        match self.subscribes.take(rate, SUBSCRIBE_BURST, Instant::now()) {
+            Take::Granted => Ok(()),
+            Take::Refused { .. } => Err(ConnError::Violation(
+                "SUBSCRIBE/UNSUBSCRIBE churn beyond the allowed rate",
+            )),
+        }
+    }
+
     fn pkid(&mut self) -> u16 {
         let id = self.next_pkid;
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);

@@ -6,7 +6,7 @@
 //! All state sits behind one std `Mutex`, held only for map updates, never across `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::mqttbytes::QoS;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Secret, Verifier};
+use super::limits::{Bucket, Take};
 use super::topic::{self, ResultMessage};
 use crate::cloud::wire::Event;
 use crate::outbox::Outbox;
@@ -30,12 +31,18 @@ pub struct Stats {
     pub malformed: AtomicU64,
     pub unknown_results: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections closed unread: their source connected too often.
+    pub connections_rate_limited: AtomicU64,
+    /// Appliance events (and reports of refused or malformed messages) dropped over
+    /// `mqtt.max_event_rate`.
+    pub events_rate_limited: AtomicU64,
 }
 
 /// What the hub asks of a connection task.
 #[derive(Debug)]
 pub enum ToConn {
-    Publish(Publish),
+    /// Boxed: every connection's queue allocates room for a block of these up front.
+    Publish(Box<Publish>),
 }
 
 pub struct Hub {
@@ -51,6 +58,8 @@ pub struct Hub {
     grace_until: Instant,
     /// Woken when an appliance connects or subscribes.
     ready: Notify,
+    /// `mqtt.max_event_rate`; the burst is twice this.
+    event_rate: AtomicU32,
     pub stats: Stats,
 }
 
@@ -65,6 +74,10 @@ struct Slot {
     persistent: bool,
     /// Commands sent and not answered, by command id.
     waiting: HashMap<String, oneshot::Sender<Outcome>>,
+    /// Events this appliance may still raise; created at its first event.
+    events: Option<Bucket>,
+    /// Events dropped over the rate since the last one let through.
+    events_dropped: u64,
 }
 
 struct ConnRef {
@@ -86,6 +99,7 @@ impl Hub {
         passwords: HashMap<String, Secret>,
         outbox: Arc<Outbox>,
         startup_grace: std::time::Duration,
+        event_rate: u32,
     ) -> Hub {
         let slots = passwords
             .keys()
@@ -101,6 +115,7 @@ impl Hub {
             next_generation: AtomicU64::new(1),
             grace_until: Instant::now() + startup_grace,
             ready: Notify::new(),
+            event_rate: AtomicU32::new(event_rate.max(1)),
             stats: Stats::default(),
         }
     }
@@ -141,7 +156,8 @@ impl Hub {
 
     /// Applies a reloaded appliance list: new appliances may connect; a removed one, or one
     /// whose password changed, is disconnected (it must authenticate again).
-    pub fn reconfigure(&self, passwords: HashMap<String, Secret>) {
+    pub fn reconfigure(&self, passwords: HashMap<String, Secret>, event_rate: u32) {
+        self.event_rate.store(event_rate.max(1), Ordering::Relaxed);
         let old = std::mem::replace(
             &mut *self.passwords.write().unwrap_or_else(|e| e.into_inner()),
             passwords.clone(),
@@ -244,14 +260,69 @@ impl Hub {
                 b"offline" => self.set_reported_offline(id, true),
                 _ => self.malformed(id, "status must be \"online\" or \"offline\""),
             },
-            Some(topic::Inbound::Events) => match serde_json::from_slice::<Value>(payload) {
-                Ok(payload) => self.outbox.push_event(Event {
-                    appliance: Some(id.to_owned()),
-                    kind: "event".into(),
-                    payload,
-                }),
-                Err(e) => self.malformed(id, &format!("event is not JSON: {e}")),
-            },
+            Some(topic::Inbound::Events) => {
+                if !self.admit_event(id) {
+                    return;
+                }
+                match serde_json::from_slice::<Value>(payload) {
+                    Ok(payload) => self.outbox.push_event(Event {
+                        appliance: Some(id.to_owned()),
+                        kind: "event".into(),
+                        payload,
+                    }),
+                    Err(e) => self.report_malformed(id, &format!("event is not JSON: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Whether appliance `id` may raise one more event now (`mqtt.max_event_rate`). A
+    /// refused one is counted; the first of a spell is logged, and when events flow again
+    /// the cloud gets one `rate_limited` event with the number dropped.
+    fn admit_event(&self, id: &str) -> bool {
+        let rate = f64::from(self.event_rate.load(Ordering::Relaxed));
+        let burst = rate * 2.0;
+        let now = Instant::now();
+        let (take, dropped) = {
+            let mut slots = self.lock();
+            let Some(slot) = slots.get_mut(id) else {
+                return true;
+            };
+            let take = slot
+                .events
+                .get_or_insert_with(|| Bucket::full(burst, now))
+                .take(rate, burst, now);
+            match take {
+                Take::Granted => (take, std::mem::take(&mut slot.events_dropped)),
+                Take::Refused { .. } => {
+                    slot.events_dropped += 1;
+                    (take, 0)
+                }
+            }
+        };
+        match take {
+            Take::Granted => {
+                if dropped > 0 {
+                    log::info!(appliance = id, dropped = dropped; "appliance back under mqtt.max_event_rate; {dropped} event(s) were dropped");
+                    self.outbox.push_event(Event {
+                        appliance: Some(id.to_owned()),
+                        kind: "rate_limited".into(),
+                        payload: json!({ "dropped": dropped }),
+                    });
+                }
+                true
+            }
+            Take::Refused { first } => {
+                let n = self
+                    .stats
+                    .events_rate_limited
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if first {
+                    log::warn!(appliance = id, count = n; "appliance exceeds mqtt.max_event_rate; dropping its events until it slows down");
+                }
+                false
+            }
         }
     }
 
@@ -260,14 +331,20 @@ impl Hub {
             Ok(m) => m,
             Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
         };
+        if msg.id.len() > crate::router::MAX_COMMAND_ID {
+            return self.malformed(id, "result id is longer than any command id");
+        }
         let waiter = self
             .lock()
             .get_mut(id)
             .and_then(|s| s.waiting.remove(&msg.id));
         let Some(tx) = waiter else {
             let n = self.stats.unknown_results.fetch_add(1, Ordering::Relaxed) + 1;
-            log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
-                "result for a command that is not waiting (late, repeated or unknown); dropped");
+            // Counted always; logged within the appliance's event budget.
+            if self.admit_event(id) {
+                log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
+                    "result for a command that is not waiting (late, repeated or unknown); dropped");
+            }
             return;
         };
         let outcome = if msg.ok {
@@ -289,7 +366,7 @@ impl Hub {
             }
             _ => false,
         };
-        if changed {
+        if changed && self.admit_event(id) {
             self.presence(id, if offline { "offline" } else { "online" });
         }
     }
@@ -306,6 +383,9 @@ impl Hub {
     /// An access-control refusal: counted, logged and reported upstream.
     pub fn deny(&self, id: &str, what: &str) {
         let n = self.stats.denied.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.admit_event(id) {
+            return;
+        }
         log::warn!(appliance = id, count = n; "denied {what}: outside the appliance's own topics");
         self.outbox.push_event(Event {
             appliance: Some(id.to_owned()),
@@ -315,6 +395,15 @@ impl Hub {
     }
 
     pub fn malformed(&self, id: &str, what: &str) {
+        if self.admit_event(id) {
+            self.report_malformed(id, what);
+        } else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `malformed` once the event budget was already charged.
+    fn report_malformed(&self, id: &str, what: &str) {
         let n = self.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
         log::warn!(appliance = id, count = n; "malformed message: {what}");
         self.outbox.push_event(Event {
@@ -361,7 +450,7 @@ impl Hub {
         };
         let (conn_tx, qos) = conn;
         let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
-        if let Err(e) = conn_tx.try_send(ToConn::Publish(publish)) {
+        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
             self.forget(id, &dispatch.command_id);
             return match e {
                 mpsc::error::TrySendError::Full(_) => {

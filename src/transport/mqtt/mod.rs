@@ -4,13 +4,14 @@
 //! username = client id = appliance id and its password, and the topic contract in
 //! [`topic`] is the access-control list. [`start`] binds the listener (before the daemon
 //! reports ready) and runs the accept loop; each socket gets its own task (`conn.rs`) with
-//! TCP_NODELAY, a CONNECT timeout and bounded buffers. The router reaches appliances
-//! through the cloneable [`MqttHandle`].
+//! TCP_NODELAY, a CONNECT timeout and bounded buffers; [`limits`] bounds how fast one
+//! device may connect, subscribe and raise events. The router reaches appliances through
+//! the cloneable [`MqttHandle`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -24,6 +25,7 @@ use crate::transport::{Dispatch, Outcome};
 pub mod auth;
 mod conn;
 pub mod hub;
+pub mod limits;
 pub mod tls;
 pub mod topic;
 
@@ -36,6 +38,7 @@ const FRAMING_ALLOWANCE: usize = 1024;
 #[derive(Clone)]
 pub struct MqttHandle {
     hub: Arc<hub::Hub>,
+    connect_rate: Arc<Mutex<limits::ConnectRate>>,
 }
 
 impl MqttHandle {
@@ -53,10 +56,15 @@ impl MqttHandle {
         &self.hub.stats
     }
 
-    /// Applies a reloaded configuration's appliance list (listen address and limits need
-    /// a restart).
+    /// Applies a reloaded configuration's appliance list and rate limits (listen address
+    /// and the other limits need a restart).
     pub fn reconfigure(&self, config: &Config) {
-        self.hub.reconfigure(passwords(config));
+        self.hub
+            .reconfigure(passwords(config), config.mqtt.max_event_rate);
+        self.connect_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rate(config.mqtt.max_connect_rate);
     }
 }
 
@@ -106,6 +114,7 @@ pub async fn start(
         passwords,
         outbox,
         m.startup_grace,
+        m.max_event_rate,
     ));
     let listener = TcpListener::bind(m.listen).await?;
     let local = listener.local_addr()?;
@@ -114,8 +123,9 @@ pub async fn start(
         connect_timeout: m.connect_timeout,
         idle_timeout: m.idle_timeout,
     };
-    // One connection budget shared by both listeners.
+    // One connection budget and one rate table shared by both listeners.
     let slots = Arc::new(Semaphore::new(m.max_connections));
+    let connect_rate = Arc::new(Mutex::new(limits::ConnectRate::new(m.max_connect_rate)));
     let mut tls_local = None;
     if let (Some(addr), Some(acceptor)) = (m.tls_listen, tls) {
         let tls_listener = TcpListener::bind(addr).await?;
@@ -124,6 +134,7 @@ pub async fn start(
             hub: hub.clone(),
             limits: limits.clone(),
             slots: slots.clone(),
+            connect_rate: connect_rate.clone(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
         };
@@ -133,11 +144,12 @@ pub async fn start(
         hub: hub.clone(),
         limits,
         slots,
+        connect_rate: connect_rate.clone(),
         tracker: tracker.clone(),
         cancel,
     };
     tracker.spawn(accept_loop(listener, None, ctx));
-    Ok((MqttHandle { hub }, local, tls_local))
+    Ok((MqttHandle { hub, connect_rate }, local, tls_local))
 }
 
 /// What an accept loop hands each connection.
@@ -145,6 +157,7 @@ struct Accepting {
     hub: Arc<hub::Hub>,
     limits: conn::Limits,
     slots: Arc<Semaphore>,
+    connect_rate: Arc<Mutex<limits::ConnectRate>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -168,6 +181,23 @@ async fn accept_loop(
                 continue;
             }
         };
+        let admitted = ctx
+            .connect_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(peer.ip(), tokio::time::Instant::now());
+        if let limits::Take::Refused { first } = admitted {
+            let n = ctx
+                .hub
+                .stats
+                .connections_rate_limited
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if first {
+                log::warn!(count = n; "{peer}: connecting too often (mqtt.max_connect_rate); closing its connections until it slows down");
+            }
+            continue;
+        }
         let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
             let n = ctx
                 .hub

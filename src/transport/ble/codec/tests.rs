@@ -115,6 +115,10 @@ fn bad_base64_is_refused() {
 
 #[test]
 fn a_command_longer_than_an_attribute_is_refused() {
+    assert_eq!(
+        decode(&[b'x'; MAX_ATTRIBUTE + 1], Encoding::Hex),
+        Err(CodecError::AnswerTooLong(MAX_ATTRIBUTE + 1))
+    );
     let long = "x".repeat(MAX_ATTRIBUTE + 1);
     assert_eq!(
         encode(&json!(long), Encoding::Utf8).unwrap_err(),
