@@ -12,8 +12,9 @@
 //! - the first poll on a new link asks for no wait, so the connection is proven at once;
 //! - an early flush of results only while a poll is held on a connection already proven by
 //!   a successful response (a cold client firing two requests opens two connections);
-//! - at most one early flush per `linger`: a result after a quiet spell goes at once, and
-//!   results finishing in a burst share the next request instead of one request each;
+//! - one early flush at a time: a result goes at once when none is in flight, and results
+//!   finishing while one is in flight share the next request instead of one request each;
+//!   a `linger` above 0 (off by default) also spaces early flushes at least that far apart;
 //! - failures back off exponentially with full jitter (base 500 ms, cap `backoff_max`);
 //!   401/403 retries slowly; 429/503 honour `Retry-After`.
 

@@ -37,7 +37,7 @@ fn defaults_apply() {
     assert_eq!(c.gateway.state_dir, PathBuf::from("/var/lib/tether"));
     assert_eq!(c.cloud.poll_wait, Duration::from_secs(30));
     assert_eq!(c.cloud.backoff_max, Duration::from_secs(60));
-    assert_eq!(c.cloud.result_linger, Duration::from_millis(20));
+    assert_eq!(c.cloud.result_linger, Duration::ZERO);
     assert_eq!(c.mqtt.listen, "0.0.0.0:1883".parse().unwrap());
     assert_eq!(c.mqtt.topic_prefix, "tether");
     assert_eq!(c.router.default_timeout, Duration::from_secs(5));

@@ -30,7 +30,7 @@ pub async fn footprint(
         let setup = Setup {
             gateway: &gw,
             appliances: n,
-            linger: "20ms",
+            linger: "0s",
             sync: "full",
         };
         let tetherd = Tetherd::start(ctx, &setup).await?;
@@ -73,7 +73,7 @@ pub async fn idle(
     let setup = Setup {
         gateway: "gw-idle",
         appliances,
-        linger: "20ms",
+        linger: "0s",
         sync: "full",
     };
     let tetherd = Tetherd::start(ctx, &setup).await?;

@@ -29,7 +29,7 @@ pub async fn run(
     let setup = Setup {
         gateway: &gw,
         appliances,
-        linger: "20ms",
+        linger: "0s",
         sync,
     };
     let tetherd = Tetherd::start(ctx, &setup).await?;
