@@ -20,9 +20,11 @@ struct Sample {
     rss_kib: u64,
     fds: usize,
     threads: u64,
+    /// Live tokio tasks, from the daemon's latest STATUS line.
+    tasks: u64,
 }
 
-fn sample(pid: u32, start: Instant) -> Sample {
+fn sample(pid: u32, start: Instant, notes: &Lines) -> Sample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -33,11 +35,22 @@ fn sample(pid: u32, start: Instant) -> Sample {
             .unwrap_or(0)
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let tasks = notes
+        .all()
+        .iter()
+        .rev()
+        .find_map(|datagram| {
+            let status = datagram.lines().find_map(|l| l.strip_prefix("STATUS="))?;
+            let head = status.strip_suffix(" tasks")?;
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0);
     Sample {
         at_s: start.elapsed().as_secs(),
         rss_kib: field("VmRSS:"),
         fds,
         threads: field("Threads:"),
+        tasks,
     }
 }
 
@@ -70,7 +83,10 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
         "backoff_max = \"2s\"\nrequest_timeout = \"3s\"\n",
     );
     std::fs::write(&cfg, text).unwrap();
-    let daemon = Tetherd::start(&cfg);
+    // The daemon reports its live tasks on the STATUS line of systemd's notify protocol.
+    let sock = dir.path().join("notify.sock");
+    let notes = Lines::from_datagrams(&sock);
+    let daemon = Tetherd::start_with_env(&cfg, &[("NOTIFY_SOCKET", sock.to_str().unwrap())]);
     let mut apps = Vec::new();
     for n in &names {
         apps.push(Some(
@@ -80,7 +96,7 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
     let start = Instant::now();
     let mut sent = Vec::new();
     let mut received: HashMap<String, usize> = HashMap::new();
-    let mut samples = vec![sample(daemon.pid(), start)];
+    let mut samples = vec![sample(daemon.pid(), start, &notes)];
     let mut faults_done: HashMap<&str, usize> = HashMap::new();
     let mut n = 0usize;
     while start.elapsed() < Duration::from_secs(secs) {
@@ -148,7 +164,7 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
             .last()
             .is_none_or(|s| s.at_s + 2 <= start.elapsed().as_secs())
         {
-            samples.push(sample(daemon.pid(), start));
+            samples.push(sample(daemon.pid(), start, &notes));
         }
         // The load's pacing, not synchronisation.
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -161,7 +177,7 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
             .entry(r["status"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
-    samples.push(sample(daemon.pid(), start));
+    samples.push(sample(daemon.pid(), start, &notes));
     let stored = cloud.results().await;
     assert_eq!(stored.len(), sent.len(), "one stored result per command");
     let sent_ids: HashSet<&String> = sent.iter().collect();
@@ -181,11 +197,11 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
         "soak {secs}s: {} commands, statuses {statuses:?}, faults {faults_done:?}",
         sent.len()
     );
-    eprintln!("samples (s, VmRSS KiB, fds, threads):");
+    eprintln!("samples (s, VmRSS KiB, fds, threads, tasks):");
     for s in &samples {
         eprintln!(
-            "  {:>5} {:>8} {:>4} {:>3}",
-            s.at_s, s.rss_kib, s.fds, s.threads
+            "  {:>5} {:>8} {:>4} {:>3} {:>5}",
+            s.at_s, s.rss_kib, s.fds, s.threads, s.tasks
         );
     }
     // No upward trend: the last third against the second third (the first is warm-up).
@@ -196,10 +212,11 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
                 s.iter().map(|x| x.rss_kib).max().unwrap_or(0),
                 s.iter().map(|x| x.fds).max().unwrap_or(0),
                 s.iter().map(|x| x.threads).max().unwrap_or(0),
+                s.iter().map(|x| x.tasks).max().unwrap_or(0),
             )
         };
-        let (rss_mid, fds_mid, thr_mid) = peak(&samples[third..2 * third]);
-        let (rss_end, fds_end, thr_end) = peak(&samples[2 * third..]);
+        let (rss_mid, fds_mid, thr_mid, tasks_mid) = peak(&samples[third..2 * third]);
+        let (rss_end, fds_end, thr_end, tasks_end) = peak(&samples[2 * third..]);
         assert!(
             rss_end <= rss_mid + rss_mid / 4 + 2048,
             "RSS grew: {rss_mid} -> {rss_end} KiB"
@@ -211,6 +228,16 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
         assert!(
             thr_end <= thr_mid + 4,
             "threads grew: {thr_mid} -> {thr_end}"
+        );
+        // Tasks follow the load (a lane's worker per busy appliance, a few per request),
+        // within a margin; a leak of one per command or per fault would pass it quickly.
+        assert!(
+            tasks_end <= tasks_mid + tasks_mid / 2 + 16,
+            "tasks grew: {tasks_mid} -> {tasks_end}"
+        );
+        assert!(
+            samples.iter().any(|s| s.tasks > 0),
+            "no STATUS line with a task count"
         );
     }
 }
