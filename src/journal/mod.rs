@@ -104,7 +104,18 @@ impl Journal {
         sync: SyncMode,
         max_bytes: u64,
     ) -> Result<(Journal, Recovery), JournalError> {
-        let (store, recovery) = store::Store::open(state_dir, sync)?;
+        Self::open_with_window(state_dir, sync, max_bytes, DEDUP_MEMORY)
+    }
+
+    /// [`Journal::open`] remembering `window` finished ids instead of [`DEDUP_MEMORY`].
+    fn open_with_window(
+        state_dir: &Path,
+        sync: SyncMode,
+        max_bytes: u64,
+        window: usize,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        let (mut store, recovery) = store::Store::open(state_dir, sync)?;
+        store.set_window(window);
         let gauges = Arc::new(Gauges::default());
         store.update_gauges(&gauges);
         let (tx, rx) = mpsc::unbounded_channel();

@@ -210,3 +210,38 @@ async fn concurrent_writes_share_commits() {
     }
     assert_eq!(j.owed_count(), 200);
 }
+
+/// The newest finished ids are remembered (`DEDUP_MEMORY`; 64 here), older acked ones are
+/// forgotten; an id whose result is still owed is kept whatever its age.
+#[tokio::test]
+async fn finished_ids_are_remembered_for_the_window_then_forgotten() {
+    let dir = Dir::new("window");
+    let (j, _) = Journal::open_with_window(&dir.0, SyncMode::Normal, 1 << 30, 64).unwrap();
+    let finish = |ids: Vec<String>, ack: bool| {
+        let j = j.clone();
+        async move {
+            j.record_commands(ids.iter().map(|id| cmd(id, false)).collect())
+                .await
+                .unwrap();
+            for id in &ids {
+                j.record_result(result(id)).await.unwrap();
+            }
+            if ack {
+                j.ack(ids).await.unwrap();
+            }
+        }
+    };
+    finish(vec!["old-acked".into()], true).await;
+    finish(vec!["old-owed".into()], false).await;
+    let known = |id: &str| {
+        let j = j.clone();
+        let id = id.to_owned();
+        async move { !j.record_commands(vec![cmd(&id, false)]).await.unwrap()[0] }
+    };
+    // 62 newer finished ids: with the two old ones, exactly the window.
+    finish((0..62).map(|n| format!("n{n}")).collect(), true).await;
+    assert!(known("old-acked").await, "inside the window");
+    finish(vec!["one-more".into()], true).await;
+    assert!(!known("old-acked").await, "forgotten beyond the window");
+    assert!(known("old-owed").await, "a result still owed keeps its id");
+}
