@@ -527,6 +527,7 @@ impl Config {
         }
         let ble: BleConfig = ble_section.unwrap_or_default();
         v.ble(&ble, &appliances);
+        v.durations(gateway.as_ref(), cloud.as_ref(), &mqtt, &router, &ble);
         v.appliances(&appliances, &appliance_spans);
         v.groups(&groups, &appliances);
         match (gateway, cloud, doc.problems.is_empty()) {
@@ -658,6 +659,47 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
         let key = display_key(path);
         let span = (self.lookup)(path);
         self.doc.problem(&key, span, message);
+    }
+
+    /// Upper bounds on every duration. Beyond them a value is a typo, and a few are added
+    /// to the clock (`Instant + Duration`), where an absurd one would overflow it.
+    fn durations(
+        &mut self,
+        g: Option<&GatewayConfig>,
+        c: Option<&CloudConfig>,
+        m: &MqttConfig,
+        r: &RouterConfig,
+        b: &BleConfig,
+    ) {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let mut bounds: Vec<([&str; 2], Duration, Duration, &str)> = vec![
+            (["mqtt", "connect_timeout"], m.connect_timeout, HOUR, "1h"),
+            (["mqtt", "idle_timeout"], m.idle_timeout, DAY, "1d"),
+            (["mqtt", "startup_grace"], m.startup_grace, HOUR, "1h"),
+            (["router", "default_timeout"], r.default_timeout, DAY, "1d"),
+            (["router", "max_timeout"], r.max_timeout, DAY, "1d"),
+            (["ble", "idle_disconnect"], b.idle_disconnect, DAY, "1d"),
+            (["ble", "scan_timeout"], b.scan_timeout, HOUR, "1h"),
+            (["ble", "connect_timeout"], b.connect_timeout, HOUR, "1h"),
+        ];
+        if let Some(g) = g {
+            bounds.push((["gateway", "stop_grace"], g.stop_grace, HOUR, "1h"));
+        }
+        if let Some(c) = c {
+            bounds.extend([
+                (["cloud", "backoff_max"], c.backoff_max, DAY, "1d"),
+                (["cloud", "request_timeout"], c.request_timeout, HOUR, "1h"),
+                (["cloud", "connect_timeout"], c.connect_timeout, HOUR, "1h"),
+                (["cloud", "ping_interval"], c.ping_interval, HOUR, "1h"),
+                (["cloud", "ping_timeout"], c.ping_timeout, HOUR, "1h"),
+            ]);
+        }
+        for (path, value, max, label) in bounds {
+            if value > max {
+                self.err(&path, format!("must be at most {label}"));
+            }
+        }
     }
 
     fn gateway(&mut self, g: &GatewayConfig) {

@@ -335,3 +335,33 @@ fn two_ble_appliances_on_one_device_are_refused() {
     assert!(has(&p, "appliance[2].address", Some(first + 12)), "{p:#?}");
     assert!(p[0].message.contains("ble-lamp"), "{p:#?}");
 }
+
+/// Durations beyond their bound are refused by key and line: some are added to the clock,
+/// where an absurd one would overflow it (found by fuzzing the loader).
+#[test]
+fn durations_beyond_their_bound_are_refused() {
+    let text = r#"
+[gateway]
+id = "gw-1"
+stop_grace = "2h"
+
+[cloud]
+url = "https://cloud.example.com"
+backoff_max = "18446744073709551615s"
+
+[mqtt]
+startup_grace = "18446744073709551615s"
+
+[router]
+max_timeout = "400d"
+"#;
+    let p = problems(text);
+    assert!(has(&p, "gateway.stop_grace", Some(4)), "{p:#?}");
+    assert!(has(&p, "cloud.backoff_max", Some(8)), "{p:#?}");
+    assert!(has(&p, "mqtt.startup_grace", Some(11)), "{p:#?}");
+    assert!(has(&p, "router.max_timeout", Some(14)), "{p:#?}");
+    assert!(
+        p.iter().all(|p| p.message.contains("must be at most")),
+        "{p:#?}"
+    );
+}
