@@ -7,6 +7,29 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Deepest nesting accepted in an appliance's answer or event. serde_json refuses input
+/// nested deeper than 128 levels, and the gateway wraps a payload in up to four levels of
+/// its own (result, items, request body), so a payload near that limit would be journalled
+/// but could never be read back or sent.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// How deeply `v` nests (a scalar is 0, `[1]` is 1). Iterative: the value was already
+/// parsed within serde_json's limit, and this must not recurse either.
+pub fn nesting_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// Body of `POST /v1/gateways/{id}/poll`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PollRequest {
@@ -162,4 +185,21 @@ pub struct Event {
     pub kind: String,
     #[serde(default)]
     pub payload: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nesting_depth_counts_containers() {
+        assert_eq!(nesting_depth(&json!(1)), 0);
+        assert_eq!(nesting_depth(&json!([])), 1);
+        assert_eq!(nesting_depth(&json!({"a": [1, {"b": [[]]}]})), 5);
+        let deep: Value =
+            serde_json::from_str(&format!("{}{}", "[".repeat(127), "]".repeat(127))).unwrap();
+        assert_eq!(nesting_depth(&deep), 127);
+    }
 }

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cloud::wire::{MAX_PAYLOAD_DEPTH, nesting_depth};
+
 /// Largest value one GATT attribute holds (Bluetooth Core, Vol 3, Part F, 3.2.9); BlueZ
 /// splits a longer write into a prepared (long) write, but no attribute takes more.
 pub const MAX_ATTRIBUTE: usize = 512;
@@ -59,6 +61,8 @@ pub enum CodecError {
     AnswerNotUtf8(String),
     #[error("appliance answered {0} bytes; a GATT attribute holds at most {MAX_ATTRIBUTE}")]
     AnswerTooLong(usize),
+    #[error("appliance answered JSON nested {0} levels deep; the limit is {MAX_PAYLOAD_DEPTH}")]
+    AnswerTooDeep(usize),
 }
 
 /// The bytes to write for `payload`.
@@ -87,8 +91,14 @@ pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<Value, CodecError> {
         return Err(CodecError::AnswerTooLong(bytes.len()));
     }
     match encoding {
-        Encoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| CodecError::AnswerNotJson(e.to_string(), preview(bytes))),
+        Encoding::Json => {
+            let v: Value = serde_json::from_slice(bytes)
+                .map_err(|e| CodecError::AnswerNotJson(e.to_string(), preview(bytes)))?;
+            match nesting_depth(&v) {
+                depth if depth > MAX_PAYLOAD_DEPTH => Err(CodecError::AnswerTooDeep(depth)),
+                _ => Ok(v),
+            }
+        }
         Encoding::Utf8 => String::from_utf8(bytes.to_vec())
             .map(Value::String)
             .map_err(|_| CodecError::AnswerNotUtf8(preview(bytes))),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Secret, Verifier};
 use super::limits::{Bucket, Take};
 use super::topic::{self, ResultMessage};
-use crate::cloud::wire::Event;
+use crate::cloud::wire::{Event, MAX_PAYLOAD_DEPTH, nesting_depth};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Outcome};
 
@@ -265,6 +265,11 @@ impl Hub {
                     return;
                 }
                 match serde_json::from_slice::<Value>(payload) {
+                    Ok(payload) if nesting_depth(&payload) > MAX_PAYLOAD_DEPTH => self
+                        .report_malformed(
+                            id,
+                            &format!("event nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+                        ),
                     Ok(payload) => self.outbox.push_event(Event {
                         appliance: Some(id.to_owned()),
                         kind: "event".into(),
@@ -334,6 +339,17 @@ impl Hub {
         if msg.id.len() > crate::router::MAX_COMMAND_ID {
             return self.malformed(id, "result id is longer than any command id");
         }
+        let msg = match msg.payload.as_ref().map(nesting_depth) {
+            Some(depth) if depth > MAX_PAYLOAD_DEPTH => ResultMessage {
+                ok: false,
+                payload: None,
+                error: Some(format!(
+                    "appliance answered with a payload nested {depth} levels deep; the limit is {MAX_PAYLOAD_DEPTH}"
+                )),
+                ..msg
+            },
+            _ => msg,
+        };
         let waiter = self
             .lock()
             .get_mut(id)

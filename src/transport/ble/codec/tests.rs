@@ -169,3 +169,18 @@ fn encoding_names() {
     }
     assert_eq!(Encoding::default(), Encoding::Json);
 }
+
+#[test]
+fn a_json_answer_nested_too_deep_is_an_error() {
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    assert_eq!(
+        decode(deep.as_bytes(), Encoding::Json),
+        Err(CodecError::AnswerTooDeep(100))
+    );
+    let fine = format!(
+        "{}{}",
+        "[".repeat(MAX_PAYLOAD_DEPTH),
+        "]".repeat(MAX_PAYLOAD_DEPTH)
+    );
+    assert!(decode(fine.as_bytes(), Encoding::Json).is_ok());
+}
