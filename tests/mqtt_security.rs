@@ -423,3 +423,45 @@ async fn subscribe_churn_and_long_filter_lists_disconnect() {
     let id = cloud.enqueue(json!({"target": "bulb"})).await;
     assert_eq!(cloud.result(&id).await["result"]["status"], "ok");
 }
+
+/// MQTT 5 and MQTT 3.1 clients are told the protocol version is not supported
+/// (CONNACK return code 1), whatever follows the level byte.
+#[tokio::test]
+async fn other_protocol_versions_are_refused_with_their_return_code() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("mqtt5");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &cloud, &["bulb"], "");
+    let daemon = Tetherd::start(&cfg);
+    // A real MQTT 5 CONNECT: level 5, clean start, keep-alive 60, empty properties, id "bulb".
+    let mqtt5: &[u8] = &[
+        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 4, b'b', b'u', b'l', b'b',
+    ];
+    // MQTT 3.1: protocol name "MQIsdp", level 3.
+    let mqtt31: &[u8] = &[
+        0x10, 18, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 4, b'b', b'u', b'l',
+        b'b',
+    ];
+    for (name, connect) in [("MQTT 5", mqtt5), ("MQTT 3.1", mqtt31)] {
+        let mut s = tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap();
+        s.write_all(connect).await.unwrap();
+        let mut ack = [0u8; 4];
+        tokio::time::timeout(PATIENCE, s.read_exact(&mut ack))
+            .await
+            .expect("an answer")
+            .unwrap_or_else(|e| panic!("{name}: no CONNACK: {e}"));
+        assert_eq!(
+            ack,
+            [0x20, 0x02, 0x00, 0x01],
+            "{name}: CONNACK 'unacceptable protocol version'"
+        );
+    }
+    daemon
+        .log
+        .wait_async("MQTT protocol level 5 is not supported")
+        .await;
+    daemon
+        .log
+        .wait_async("MQTT protocol level 3 is not supported")
+        .await;
+}

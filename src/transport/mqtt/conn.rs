@@ -87,7 +87,7 @@ pub async fn serve<S>(
         limits,
         hub,
     };
-    let connect = match timeout(conn.limits.connect_timeout, conn.read_packet()).await {
+    let connect = match timeout(conn.limits.connect_timeout, conn.read_connect()).await {
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(_)) => return log::debug!("{peer}: first packet was not CONNECT; closed"),
         Ok(Err(ConnError::Protocol(mqttbytes::Error::InvalidProtocolLevel(level)))) => {
@@ -285,8 +285,16 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         }
     }
 
-    async fn read_packet(&mut self) -> Result<Packet, ConnError> {
+    /// The first packet. A CONNECT of another protocol level (MQTT 5, MQTT 3.1) is told
+    /// apart by its level byte before decoding: the 3.1.1 decoder would misread an MQTT 5
+    /// CONNECT's properties instead of letting it be refused with the right return code.
+    async fn read_connect(&mut self) -> Result<Packet, ConnError> {
         loop {
+            if let Some(level) = connect_protocol_level(&self.rbuf)
+                && level != 4
+            {
+                return Err(mqttbytes::Error::InvalidProtocolLevel(level).into());
+            }
             if let Some(p) = self.decode()? {
                 return Ok(p);
             }
@@ -316,6 +324,28 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         let _ = self.wr.shutdown().await;
         Ok(())
     }
+}
+
+/// The protocol level of the CONNECT at the start of `buf`, once enough of it is there:
+/// fixed header 0x10, remaining length (1 to 4 bytes), protocol name (length-prefixed),
+/// then the level.
+fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    if buf.first() != Some(&0x10) {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    let name = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    buf.get(i + 2 + name).copied()
 }
 
 enum Exit {
