@@ -21,6 +21,9 @@ pub mod app;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+// Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod journal;
 pub mod logging;

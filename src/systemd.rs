@@ -57,8 +57,8 @@ impl Watched {
     /// One line: cloud state, appliances online, results owed, commands running, and the
     /// runtime's live tasks (a number that must not creep up over weeks).
     pub fn status_line(&self) -> String {
-        let tasks = tokio::runtime::Handle::try_current()
-            .map_or(0, |h| h.metrics().num_alive_tasks());
+        let tasks =
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
         format!(
             "{}; {}/{} appliances online; {} results owed; {} commands running; {tasks} tasks",
             self.health.link_summary(),
