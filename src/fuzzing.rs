@@ -46,13 +46,12 @@ use crate::cloud::session::{Failure, Session, SessionConfig};
 use crate::cloud::wire::{
     CommandResult, ItemResult, PollRequest, PollResponse, ResultsResponse, Status,
 };
-use crate::config::{Config, ConfigError, TransportKind};
+use crate::config::{Config, ConfigError};
 use crate::journal::Journal;
 use crate::outbox::Outbox;
 use crate::router::Router;
 use crate::transport::ble::codec::{self, Encoding};
 use crate::transport::mqtt;
-use crate::transport::mqtt::auth::Secret;
 use crate::transport::mqtt::hub::{Hub, ToConn};
 use crate::transport::{Dispatch, Outcome, Transports};
 
@@ -98,7 +97,7 @@ pub fn config(data: &[u8]) {
             let _ = format!("{config:?}");
             with_harness(|h| {
                 h.enter("config", async {
-                    let _ = endpoint_hub(&config, h.outbox.clone()).online();
+                    let _ = crate::transport::mqtt::new_hub(&config, h.outbox.clone()).online();
                     // The cloud session's timing under each kind of failure, then a success.
                     let now = Instant::now();
                     let mut session =
@@ -280,7 +279,7 @@ impl Harness {
             );
             (addr, router)
         });
-        let hub = Arc::new(endpoint_hub(&config, outbox.clone()));
+        let hub = Arc::new(crate::transport::mqtt::new_hub(&config, outbox.clone()));
         Harness {
             rt,
             dir,
@@ -699,26 +698,6 @@ fn results_of(command_id: &str, appliance: &str, outcome: Outcome) -> [CommandRe
         duration_ms: 1,
     };
     [single, multi]
-}
-
-/// A hub built from `config` as `transport::mqtt::start` builds the endpoint's (which it
-/// does inline; this is the one place to follow it when `Hub::new` changes).
-fn endpoint_hub(config: &Config, outbox: Arc<Outbox>) -> Hub {
-    let passwords = config
-        .appliances
-        .iter()
-        .filter(|a| a.transport == TransportKind::Mqtt)
-        .filter_map(|a| Some((a.id.clone(), Secret::from_config(a.password.as_deref()?))))
-        .collect();
-    let m = &config.mqtt;
-    Hub::new(
-        m.topic_prefix.clone(),
-        m.max_payload,
-        passwords,
-        outbox,
-        m.startup_grace,
-        m.max_event_rate,
-    )
 }
 
 /// The session's knobs, as `app` builds them from the config.

@@ -68,6 +68,19 @@ impl MqttHandle {
     }
 }
 
+/// The hub for the configuration's MQTT appliances.
+pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>) -> hub::Hub {
+    let m = &config.mqtt;
+    hub::Hub::new(
+        m.topic_prefix.clone(),
+        m.max_payload,
+        passwords(config),
+        outbox,
+        m.startup_grace,
+        m.max_event_rate,
+    )
+}
+
 fn passwords(config: &Config) -> HashMap<String, auth::Secret> {
     let secrets: HashMap<String, auth::Secret> = config
         .appliances
@@ -107,15 +120,7 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> std::io::Result<(MqttHandle, SocketAddr, Option<SocketAddr>)> {
     let m = &config.mqtt;
-    let passwords = passwords(config);
-    let hub = Arc::new(hub::Hub::new(
-        m.topic_prefix.clone(),
-        m.max_payload,
-        passwords,
-        outbox,
-        m.startup_grace,
-        m.max_event_rate,
-    ));
+    let hub = Arc::new(new_hub(config, outbox));
     let listener = TcpListener::bind(m.listen).await?;
     let local = listener.local_addr()?;
     let limits = conn::Limits {
