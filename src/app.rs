@@ -141,7 +141,8 @@ pub struct App {
     tracker: TaskTracker,
 }
 
-fn session_config(config: &Config) -> SessionConfig {
+/// The session's timing knobs from `[cloud]` (also used by the fuzz harness).
+pub(crate) fn session_config(config: &Config) -> SessionConfig {
     SessionConfig {
         poll_wait: config.cloud.poll_wait,
         backoff_max: config.cloud.backoff_max,

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloud::driver::{RequestError, parse_retry_after};
-use crate::cloud::session::{Failure, Session, SessionConfig};
+use crate::cloud::session::{Failure, Session};
 use crate::cloud::wire::{
     CommandResult, ItemResult, PollRequest, PollResponse, ResultsResponse, Status,
 };
@@ -100,8 +100,11 @@ pub fn config(data: &[u8]) {
                     let _ = crate::transport::mqtt::new_hub(&config, h.outbox.clone()).online();
                     // The cloud session's timing under each kind of failure, then a success.
                     let now = Instant::now();
-                    let mut session =
-                        Session::new(session_config(&config), now, fastrand::Rng::with_seed(7));
+                    let mut session = Session::new(
+                        crate::app::session_config(&config),
+                        now,
+                        fastrand::Rng::with_seed(7),
+                    );
                     for failure in [
                         Failure::Transient,
                         Failure::Auth,
@@ -315,7 +318,7 @@ impl Harness {
         // As the response to a poll (`Uplink::exchange`, then `Driver::run`).
         let now = Instant::now();
         let mut session = Session::new(
-            session_config(&self.config),
+            crate::app::session_config(&self.config),
             now,
             fastrand::Rng::with_seed(7),
         );
@@ -698,15 +701,6 @@ fn results_of(command_id: &str, appliance: &str, outcome: Outcome) -> [CommandRe
         duration_ms: 1,
     };
     [single, multi]
-}
-
-/// The session's knobs, as `app` builds them from the config.
-fn session_config(config: &Config) -> SessionConfig {
-    SessionConfig {
-        poll_wait: config.cloud.poll_wait,
-        backoff_max: config.cloud.backoff_max,
-        linger: config.cloud.result_linger,
-    }
 }
 
 impl Drop for Harness {

@@ -353,14 +353,8 @@ async fn scenario(fake: &FakeBluez) {
     // match rule when a signal races a dropped stream (the "No match with that id found"
     // panic in a spawned task); the system bus allows 512 per connection. Bounded here so a
     // gross leak fails the test; expected: 4 (events: 2, two notification streams: 1 each).
-    let bus = fake.expect_ok(json!({"op": "bus_stats"}));
+    let (bus, rules) = fake.match_rules().await;
     eprintln!("bus at the end: {bus}");
-    let rules: Vec<u64> = bus["clients"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c["match_rules"].as_u64().unwrap())
-        .collect();
     assert!(
         rules.iter().all(|n| *n <= 16),
         "match rules per client: {bus}"

@@ -25,15 +25,7 @@ struct Sample {
 }
 
 fn sample(pid: u32, start: Instant, notes: &Lines) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let [rss_kib, threads] = proc_status(pid, ["VmRSS:", "Threads:"]);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     let tasks = notes
         .all()
@@ -47,9 +39,9 @@ fn sample(pid: u32, start: Instant, notes: &Lines) -> Sample {
         .unwrap_or(0);
     Sample {
         at_s: start.elapsed().as_secs(),
-        rss_kib: field("VmRSS:"),
+        rss_kib,
         fds,
-        threads: field("Threads:"),
+        threads,
         tasks,
     }
 }

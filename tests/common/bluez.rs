@@ -291,6 +291,19 @@ impl FakeBluez {
     pub fn reset_stats(&self) {
         self.expect_ok(json!({"op": "reset_stats"}));
     }
+
+    /// dbus-daemon's accounting: the bus's own answer, and the D-Bus match rules each
+    /// client holds (bluez-async adds one per stream; a leak would hit the bus's 512).
+    pub async fn match_rules(&self) -> (Value, Vec<u64>) {
+        let bus = self.control_async(json!({"op": "bus_stats"})).await;
+        let rules = bus["clients"]
+            .as_object()
+            .expect("bus_stats lists clients")
+            .values()
+            .map(|c| c["match_rules"].as_u64().expect("match_rules"))
+            .collect();
+        (bus, rules)
+    }
 }
 
 fn merge(op: &mut Value, extra: Value) {

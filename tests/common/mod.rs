@@ -484,16 +484,13 @@ impl Tetherd {
 
     /// Resident set size in KiB (VmRSS) and its peak (VmHWM), from /proc.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let [rss, hwm] = proc_status(self.child.id(), ["VmRSS:", "VmHWM:"]);
+        assert!(
+            rss > 0,
+            "tetherd {} has no VmRSS: not running",
+            self.child.id()
+        );
+        (rss, hwm)
     }
 
     pub fn kill(&mut self) {
@@ -703,6 +700,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Numeric fields of `/proc/PID/status` (`"VmRSS:"`, `"Threads:"`); 0 when absent or when
+/// the process is gone.
+pub fn proc_status<const N: usize>(pid: u32, names: [&str; N]) -> [u64; N] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    names.map(|name| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// A hand-driven MQTT client, for packets a well-behaved client library refuses to send

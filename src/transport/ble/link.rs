@@ -73,6 +73,19 @@ impl OpenError {
     }
 }
 
+/// One BlueZ call of opening a link, under the open's deadline.
+async fn step<T>(
+    what: &'static str,
+    until: Instant,
+    call: impl Future<Output = btleplug::Result<T>>,
+) -> Result<T, OpenError> {
+    match timeout_at(until, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(OpenError::call(what, &e)),
+        Err(_) => Err(OpenError::timed_out(what)),
+    }
+}
+
 /// How one exchange ended.
 #[derive(Debug)]
 pub enum Exchange {
@@ -126,11 +139,7 @@ impl Link {
         generation: u64,
         until: Instant,
     ) -> Result<Link, OpenError> {
-        match timeout_at(until, peripheral.discover_services()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(OpenError::call("service discovery", &e)),
-            Err(_) => return Err(OpenError::timed_out("service discovery")),
-        }
+        step("service discovery", until, peripheral.discover_services()).await?;
         let chars = peripheral.characteristics();
         let find = |uuid| {
             chars
@@ -153,17 +162,9 @@ impl Link {
             .properties
             .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE);
         // The stream first, then the subscription: nothing notified after it is missed.
-        let notes = match timeout_at(until, peripheral.notifications()).await {
-            Ok(Ok(notes)) => notes,
-            Ok(Err(e)) => return Err(OpenError::call("notification stream", &e)),
-            Err(_) => return Err(OpenError::timed_out("notification stream")),
-        };
+        let notes = step("notification stream", until, peripheral.notifications()).await?;
         if notify {
-            match timeout_at(until, peripheral.subscribe(&result)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(OpenError::call("subscribe", &e)),
-                Err(_) => return Err(OpenError::timed_out("subscribe")),
-            }
+            step("subscribe", until, peripheral.subscribe(&result)).await?;
         }
         Ok(Link {
             peripheral,
