@@ -60,32 +60,54 @@ async fn devcloud_killed_and_restarted_mid_run_loses_nothing() {
     let daemon = Tetherd::start(&cfg);
     let mut apps = Vec::new();
     for n in names {
-        apps.push(Appliance::connect(daemon.mqtt, n, Behaviour::Echo).await);
+        apps.push(Appliance::connect(daemon.mqtt, n, Behaviour::Manual).await);
     }
     let batch = |from: usize| -> Vec<serde_json::Value> {
         (from..from + 20)
             .map(|n| json!({"target": names[n % 3], "payload": {"n": n}}))
             .collect()
     };
+    // The appliances answer by hand, so the test decides which results exist while the
+    // cloud is down. Every command id any appliance received lands in `seen`.
+    let mut seen = HashSet::new();
     let mut ids = cloud.enqueue_many(batch(0)).await;
+    answer_batch(&mut apps, 0, &mut seen).await;
     for id in &ids {
         cloud.result(id).await;
     }
-    // Commands in flight when the cloud dies.
+    // Commands running when the cloud dies: each appliance holds its first one (a lane
+    // runs one command at a time); every result of this batch is made while it is down.
     ids.extend(cloud.enqueue_many(batch(20)).await);
-    cloud.restart();
+    let mut running = Vec::new();
+    for app in &mut apps {
+        running.push(app.next_command().await);
+    }
+    cloud.kill();
+    // Down: the held poll breaks, or the next request finds nobody listening.
     daemon.log.wait_async("cloud request failed").await;
+    for (i, (app, (cid, payload))) in apps.iter_mut().zip(running).enumerate() {
+        assert!(seen.insert(cid.clone()), "{cid} dispatched twice");
+        app.answer(&cid, true, json!({"echo": payload})).await;
+        let rest = (20..40).filter(|n| n % 3 == i).count() - 1;
+        for cid in std::iter::once(cid).chain(answer(app, rest, &mut seen).await) {
+            daemon
+                .log
+                .wait_async(&format!("COMMAND_ID={cid} APPLIANCE"))
+                .await;
+        }
+    }
+    cloud.restart();
     ids.extend(cloud.enqueue_many(batch(40)).await);
+    answer_batch(&mut apps, 40, &mut seen).await;
     for id in &ids {
         assert_eq!(cloud.result(id).await["result"]["status"], "ok", "{id}");
     }
     let stored = by_id(&cloud.results().await);
     assert_eq!(stored.len(), 60);
-    // No appliance ran any command twice.
-    let mut seen = HashSet::new();
+    // No appliance ran any command twice, and none got a command it was not sent.
     for app in &mut apps {
-        while let Ok((cid, _)) = app.received.try_recv() {
-            assert!(seen.insert(cid.clone()), "{cid} dispatched twice");
+        if let Some((cid, _)) = app.drain().pop() {
+            panic!("{cid} dispatched again");
         }
     }
     assert_eq!(seen.len(), 60);
@@ -93,4 +115,26 @@ async fn devcloud_killed_and_restarted_mid_run_loses_nothing() {
     // After the restart the daemon reconnected: the new process saw exactly one connection.
     assert_eq!(stats["connections"], 1, "{stats}");
     assert_eq!(stats["tls_handshakes"], 1, "{stats}");
+}
+
+/// Answers, with an echo, the commands numbered `from..from + 20` (spread over the
+/// appliances by number), each as it arrives.
+async fn answer_batch(apps: &mut [Appliance], from: usize, seen: &mut HashSet<String>) {
+    for (i, app) in apps.iter_mut().enumerate() {
+        let count = (from..from + 20).filter(|n| n % 3 == i).count();
+        answer(app, count, seen).await;
+    }
+}
+
+/// Answers the appliance's next `count` commands with an echo, each as it arrives (the
+/// daemon sends an appliance its next command only once the last one finished).
+async fn answer(app: &mut Appliance, count: usize, seen: &mut HashSet<String>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let (cid, payload) = app.next_command().await;
+        assert!(seen.insert(cid.clone()), "{cid} dispatched twice");
+        app.answer(&cid, true, json!({"echo": payload})).await;
+        ids.push(cid);
+    }
+    ids
 }
