@@ -5,6 +5,7 @@ mod common;
 
 use std::process::Command;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -374,6 +375,95 @@ async fn connecting_too_often_is_refused_per_source_address() {
         closed_one, 1,
         "one warning per spell, not one per connection"
     );
+}
+
+/// `mqtt.max_connections` caps sockets, logged in or not: beyond it a connection is closed
+/// before a byte is read, and a device retrying in a loop costs one log line, not one per
+/// attempt.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_with_one_log_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("conncap");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connections = 2\nmax_connect_rate = 1000\nconnect_timeout = \"60s\"\n";
+    let cfg = config_with_mqtt(dir.path(), &cloud, &["bulb"], mqtt, "");
+    let daemon = Tetherd::start(&cfg);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap());
+    }
+    for attempt in 0..5 {
+        let mut refused = tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(PATIENCE, refused.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "attempt {attempt} beyond the cap must be closed at once, got {closed:?}"
+        );
+    }
+    daemon.log.wait_async("mqtt.max_connections reached").await;
+    assert_eq!(daemon.log.count("mqtt.max_connections reached"), 1);
+    // A slot frees when a held socket goes; the daemon notices its end by itself.
+    drop(held.pop());
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("bulb");
+    connect.login = Some(rumqttc::mqttbytes::v4::Login::new("bulb", password("bulb")));
+    let mut hello = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect)
+        .write(&mut hello, 1 << 16)
+        .unwrap();
+    eventually("a slot for the appliance", || async {
+        let mut s = tokio::net::TcpStream::connect(daemon.mqtt).await.ok()?;
+        s.write_all(&hello).await.ok()?;
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.ok()?;
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        Some(s)
+    })
+    .await;
+    daemon.log.wait_async("slots free again").await;
+}
+
+/// The connection rate is one of the `[mqtt]` settings a reload applies live; a setting
+/// that needs a restart is reported and kept.
+#[tokio::test]
+async fn a_reload_applies_a_new_connection_rate() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("connrate-reload");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mqtt = |rate: u32, idle: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nmax_connect_rate = {rate}\nconnect_timeout = \"60s\"\nidle_timeout = \"{idle}\"\n"
+        )
+    };
+    config_with_mqtt(dir.path(), &cloud, &["bulb"], &mqtt(1000, "60s"), "");
+    let daemon = Tetherd::start(&dir.path().join("tetherd.toml"));
+    config_with_mqtt(dir.path(), &cloud, &["bulb"], &mqtt(1, "90s"), "");
+    daemon.signal("HUP");
+    daemon.log.wait_async("configuration reloaded").await;
+    daemon
+        .log
+        .wait_async("mqtt.idle_timeout changed; it takes effect at the next restart")
+        .await;
+    // A device not seen before gets the new burst (3 at rate 1), not the old one.
+    let from = |source: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(source.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(daemon.mqtt)
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from("127.0.0.3").await.unwrap());
+    }
+    let mut refused = from("127.0.0.3").await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(PATIENCE, refused.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection must be closed at the reloaded rate, got {closed:?}"
+    );
+    daemon.log.wait_async("mqtt.max_connect_rate").await;
 }
 
 /// SUBSCRIBE churn and oversized filter lists close the connection instead of costing the

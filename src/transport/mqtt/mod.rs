@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -108,7 +108,6 @@ fn passwords(config: &Config) -> HashMap<String, auth::Secret> {
     secrets
 }
 
-/// Binds `mqtt.listen` and starts accepting appliances on `tracker` until `cancel`.
 /// Binds `mqtt.listen` (and `mqtt.tls_listen` with `tls`) and starts accepting
 /// appliances on `tracker` until `cancel`. Returns the plain listener's address and the
 /// TLS one's, if any.
@@ -131,6 +130,7 @@ pub async fn start(
     // One connection budget and one rate table shared by both listeners.
     let slots = Arc::new(Semaphore::new(m.max_connections));
     let connect_rate = Arc::new(Mutex::new(limits::ConnectRate::new(m.max_connect_rate)));
+    let full = Arc::new(AtomicBool::new(false));
     let mut tls_local = None;
     if let (Some(addr), Some(acceptor)) = (m.tls_listen, tls) {
         let tls_listener = TcpListener::bind(addr).await?;
@@ -142,6 +142,7 @@ pub async fn start(
             connect_rate: connect_rate.clone(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
+            full: full.clone(),
         };
         tracker.spawn(accept_loop(tls_listener, Some(acceptor), ctx));
     }
@@ -152,6 +153,7 @@ pub async fn start(
         connect_rate: connect_rate.clone(),
         tracker: tracker.clone(),
         cancel,
+        full,
     };
     tracker.spawn(accept_loop(listener, None, ctx));
     Ok((MqttHandle { hub, connect_rate }, local, tls_local))
@@ -165,6 +167,8 @@ struct Accepting {
     connect_rate: Arc<Mutex<limits::ConnectRate>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// The last connection was refused for want of a slot (shared by both listeners).
+    full: Arc<AtomicBool>,
 }
 
 async fn accept_loop(
@@ -210,9 +214,15 @@ async fn accept_loop(
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed)
                 + 1;
-            log::warn!(count = n; "{peer}: refused: mqtt.max_connections reached");
+            // Once per spell: a device retrying in a loop must not fill the journal.
+            if !ctx.full.swap(true, Ordering::Relaxed) {
+                log::warn!(count = n; "{peer}: refused: mqtt.max_connections reached; further refusals are counted until a slot frees");
+            }
             continue;
         };
+        if ctx.full.swap(false, Ordering::Relaxed) {
+            log::info!("mqtt connection slots free again");
+        }
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("{peer}: set_nodelay: {e}");
         }
