@@ -55,11 +55,11 @@ pub enum StartError {
 }
 
 /// The appliance endpoint belongs on the LAN: say so when its address says otherwise.
-fn warn_if_exposed(listen: SocketAddr) {
+fn warn_if_exposed(key: &str, listen: SocketAddr) {
     let ip = listen.ip();
     if is_public(ip) {
         log::warn!(
-            "mqtt.listen {listen} is a public address: the appliance endpoint is reachable from the internet; bind it to the LAN address"
+            "{key} {listen} is a public address: the appliance endpoint is reachable from the internet; bind it to the LAN address"
         );
     } else if ip.is_unspecified() {
         let public: Vec<String> = local_addresses()
@@ -69,7 +69,7 @@ fn warn_if_exposed(listen: SocketAddr) {
             .collect();
         if !public.is_empty() {
             log::warn!(
-                "mqtt.listen {listen} binds every interface, and this host has public address(es) {}: the appliance endpoint is reachable from the internet; bind it to the LAN address",
+                "{key} {listen} binds every interface, and this host has public address(es) {}: the appliance endpoint is reachable from the internet; bind it to the LAN address",
                 public.join(", ")
             );
         }
@@ -135,10 +135,41 @@ pub struct App {
     /// The configuration in force (fields that need a restart keep their start value).
     config: Config,
     token: Option<HeaderValue>,
+    /// What the cloud identity files held when the uplink was built (see `identity_files`).
+    identity: u64,
     reload: mpsc::Sender<Reconfigure>,
     drain: CancellationToken,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Opens every file the configuration names (cloud CA, client certificate and key, token,
+/// MQTT TLS certificate and key) the way a start would, so `check-config` catches an
+/// unreadable, unsafe or malformed file before the service does.
+pub fn check_files(config: &Config) -> Result<(), StartError> {
+    Uplink::new(&config.cloud, &config.gateway.id)?;
+    if let (Some(cert), Some(key), Some(_)) = (
+        &config.mqtt.tls_cert,
+        &config.mqtt.tls_key,
+        config.mqtt.tls_listen,
+    ) {
+        mqtt::tls::acceptor(cert, key).map_err(StartError::MqttTls)?;
+    }
+    Ok(())
+}
+
+/// A digest of the cloud identity files' contents: a certificate renewed in place (same
+/// path) must reach the uplink on reload, and an unchanged one must not cost a reconnect.
+fn identity_files(cloud: &crate::config::CloudConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [&cloud.ca_file, &cloud.client_cert, &cloud.client_key]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::read(path).ok().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The session's timing knobs from `[cloud]` (also used by the fuzz harness).
@@ -158,6 +189,7 @@ impl App {
         // Set up the uplink first: a bad CA or token file should fail before we listen.
         let uplink = Uplink::new(&config.cloud, &config.gateway.id)?;
         let token = tls::load_token(&config.cloud)?;
+        let identity = identity_files(&config.cloud);
         let (journal, recovery) = Journal::open(
             &config.gateway.state_dir,
             config.state.sync,
@@ -193,7 +225,10 @@ impl App {
         if let Some(addr) = mqtt_tls_addr {
             log::info!("mqtt TLS endpoint listening on {addr}");
         }
-        warn_if_exposed(config.mqtt.listen);
+        warn_if_exposed("mqtt.listen", config.mqtt.listen);
+        if let Some(addr) = mqtt_tls_addr {
+            warn_if_exposed("mqtt.tls_listen", addr);
+        }
         // --- BLE transport (docs/ble.md): started only when BLE appliances are configured;
         // it never fails to start (a missing adapter is waited for, BLE commands are
         // `unreachable` meanwhile).
@@ -254,6 +289,7 @@ impl App {
             watched,
             config: config.clone(),
             token,
+            identity,
             reload,
             drain,
             cancel,
@@ -269,25 +305,37 @@ impl App {
     /// Applies a reloaded configuration (already validated).
     pub async fn reload(&mut self, mut new: Config) {
         let old = &self.config;
+        let (o, n) = (&old.mqtt, &new.mqtt);
+        // Everything the running tasks took at start; only the appliance list and the two
+        // rates of `[mqtt]` are applied live.
         let fixed = [
             ("gateway.id", old.gateway.id != new.gateway.id),
             (
                 "gateway.state_dir",
                 old.gateway.state_dir != new.gateway.state_dir,
             ),
-            ("mqtt.listen", old.mqtt.listen != new.mqtt.listen),
             (
-                "mqtt.topic_prefix",
-                old.mqtt.topic_prefix != new.mqtt.topic_prefix,
+                "gateway.stop_grace",
+                old.gateway.stop_grace != new.gateway.stop_grace,
             ),
-            (
-                "mqtt.max_payload",
-                old.mqtt.max_payload != new.mqtt.max_payload,
-            ),
+            ("mqtt.listen", o.listen != n.listen),
+            ("mqtt.topic_prefix", o.topic_prefix != n.topic_prefix),
+            ("mqtt.max_payload", o.max_payload != n.max_payload),
             (
                 "mqtt.max_connections",
-                old.mqtt.max_connections != new.mqtt.max_connections,
+                o.max_connections != n.max_connections,
             ),
+            (
+                "mqtt.connect_timeout",
+                o.connect_timeout != n.connect_timeout,
+            ),
+            ("mqtt.idle_timeout", o.idle_timeout != n.idle_timeout),
+            ("mqtt.max_events", o.max_events != n.max_events),
+            ("mqtt.startup_grace", o.startup_grace != n.startup_grace),
+            ("mqtt.tls_listen", o.tls_listen != n.tls_listen),
+            ("mqtt.tls_cert", o.tls_cert != n.tls_cert),
+            ("mqtt.tls_key", o.tls_key != n.tls_key),
+            ("ble", old.ble != new.ble),
             ("state.sync", old.state.sync != new.state.sync),
             (
                 "state.max_journal_bytes",
@@ -304,13 +352,13 @@ impl App {
         }
         new.gateway.id = old.gateway.id.clone();
         new.gateway.state_dir = old.gateway.state_dir.clone();
+        new.gateway.stop_grace = old.gateway.stop_grace;
         new.mqtt = crate::config::MqttConfig {
-            startup_grace: new.mqtt.startup_grace,
-            idle_timeout: new.mqtt.idle_timeout,
-            connect_timeout: new.mqtt.connect_timeout,
-            max_events: new.mqtt.max_events,
+            max_event_rate: new.mqtt.max_event_rate,
+            max_connect_rate: new.mqtt.max_connect_rate,
             ..old.mqtt.clone()
         };
+        new.ble = old.ble.clone();
         new.state = old.state.clone();
         new.log.target = old.log.target;
 
@@ -335,11 +383,13 @@ impl App {
             }
         };
         let mut uplink = None;
-        if new.cloud != old.cloud || token != self.token {
+        let identity = identity_files(&new.cloud);
+        if new.cloud != old.cloud || token != self.token || identity != self.identity {
             match Uplink::new(&new.cloud, &new.gateway.id) {
                 Ok(u) => {
                     uplink = Some(u);
                     self.token = token;
+                    self.identity = identity;
                 }
                 Err(e) => {
                     log::error!("reload: cloud settings refused ({e}); keeping the ones in force");

@@ -131,6 +131,10 @@ fn hash_password() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(c) => {
+            if let Err(e) = tether::app::check_files(&c) {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(EX_CONFIG);
+            }
             println!(
                 "{}: ok (gateway {}, {} appliance(s), {} group(s))",
                 path.display(),

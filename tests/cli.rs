@@ -46,6 +46,45 @@ fn broken_config_exits_78_naming_keys_and_lines() {
 }
 
 #[test]
+fn check_config_opens_the_files_the_config_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tether-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.join("files.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!("[gateway]\nid = \"gw\"\n[cloud]\nurl = \"https://c\"\n{extra}"),
+        )
+        .unwrap();
+        tetherd(&["check-config", "--config", path.to_str().unwrap()])
+    };
+    // A token others can read: refused before the service ever starts, secret unsaid.
+    let out = write(&format!("token_file = \"{}\"\n", token.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(token.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains("s3cret-token"), "{stderr}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = write(&format!("token_file = \"{}\"\n", token.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A CA file that is not there.
+    let ca = dir.join("missing-ca.pem");
+    let out = write(&format!("ca_file = \"{}\"\n", ca.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("missing-ca.pem"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn version_is_printed() {
     let out = tetherd(&["--version"]);
     assert!(out.status.success());

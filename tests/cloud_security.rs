@@ -86,7 +86,9 @@ async fn a_cloud_with_a_certificate_from_another_ca_gets_no_connection() {
     assert_eq!(cloud.stats().await["polls"], 0);
 }
 
-fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A client CA (written as `client-ca.pem`) and a gateway certificate it signed
+/// (`client.pem`, `client-key.pem`). Returns the paths and the CA, to sign a renewal.
+fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf, Issuer<'static, KeyPair>) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -94,31 +96,30 @@ fn client_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
+    let ca_path = dir.join("client-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let (cert_path, key_path) = client_leaf(dir, &issuer);
+    (ca_path, cert_path, key_path, issuer)
+}
+
+/// A fresh key and gateway certificate signed by `issuer`, written over the previous ones.
+fn client_leaf(dir: &Path, issuer: &Issuer<'static, KeyPair>) -> (PathBuf, PathBuf) {
     let mut leaf = CertificateParams::new(vec!["gw-test".to_owned()]).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, "gw-test");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let ca_path = dir.join("client-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let cert = leaf.signed_by(&key, issuer).unwrap();
     let cert_path = dir.join("client.pem");
     std::fs::write(&cert_path, cert.pem()).unwrap();
     let key_path = secret_file(&dir.join("client-key.pem"), &key.serialize_pem());
-    (ca_path, cert_path, key_path)
+    (cert_path, key_path)
 }
 
-#[tokio::test]
-async fn mtls_identity_is_accepted_and_its_absence_refused() {
-    let dir = TempDir::new("mtls");
-    let (client_ca, cert, key) = client_identity(dir.path());
-    let cloud = DevCloud::start(
-        dir.path(),
-        &["--client-ca", client_ca.to_str().unwrap(), "--token", TOKEN],
-    );
-    let cfg = config(dir.path(), &cloud, &["m-1"], "");
-    let base = std::fs::read_to_string(&cfg).unwrap();
+/// Writes `client_cert`/`client_key` into the test config; returns the config as it was.
+fn with_client_identity(cfg: &Path, cert: &Path, key: &Path) -> String {
+    let base = std::fs::read_to_string(cfg).unwrap();
     std::fs::write(
-        &cfg,
+        cfg,
         base.replace(
             "backoff_max = \"2s\"\n",
             &format!(
@@ -129,6 +130,19 @@ async fn mtls_identity_is_accepted_and_its_absence_refused() {
         ),
     )
     .unwrap();
+    base
+}
+
+#[tokio::test]
+async fn mtls_identity_is_accepted_and_its_absence_refused() {
+    let dir = TempDir::new("mtls");
+    let (client_ca, cert, key, _) = client_identity(dir.path());
+    let cloud = DevCloud::start(
+        dir.path(),
+        &["--client-ca", client_ca.to_str().unwrap(), "--token", TOKEN],
+    );
+    let cfg = config(dir.path(), &cloud, &["m-1"], "");
+    let base = with_client_identity(&cfg, &cert, &key);
     {
         let daemon = Tetherd::start(&cfg);
         let _app = Appliance::connect(daemon.mqtt, "m-1", Behaviour::Echo).await;
@@ -145,4 +159,51 @@ async fn mtls_identity_is_accepted_and_its_absence_refused() {
         "{:#?}",
         daemon.log.all()
     );
+}
+
+/// A certificate renewed in place (same paths, new contents) is picked up by a reload; a
+/// reload that changes nothing keeps the connection.
+#[tokio::test]
+async fn a_client_certificate_renewed_in_place_is_used_after_a_reload() {
+    let dir = TempDir::new("mtls-renew");
+    let (client_ca, cert, key, issuer) = client_identity(dir.path());
+    let cloud = DevCloud::start(dir.path(), &["--client-ca", client_ca.to_str().unwrap()]);
+    let cfg = config(dir.path(), &cloud, &["m-1"], "");
+    with_client_identity(&cfg, &cert, &key);
+    let daemon = Tetherd::start(&cfg);
+    let _app = Appliance::connect(daemon.mqtt, "m-1", Behaviour::Echo).await;
+    let round_trip = async || {
+        let id = cloud.enqueue(json!({"target": "m-1"})).await;
+        assert_eq!(cloud.result(&id).await["result"]["status"], "ok");
+    };
+    let handshakes = async || cloud.stats().await["tls_handshakes"].as_u64().unwrap();
+    round_trip().await;
+    assert_eq!(handshakes().await, 1);
+
+    daemon.signal("HUP");
+    daemon.log.wait_async("configuration reloaded").await;
+    round_trip().await;
+    assert_eq!(
+        handshakes().await,
+        1,
+        "an unchanged identity costs no reconnect"
+    );
+    assert_eq!(daemon.log.count("cloud settings reloaded"), 0);
+
+    let before = daemon.log.len();
+    let (renewed_cert, renewed_key) = client_leaf(dir.path(), &issuer);
+    assert_eq!((renewed_cert, renewed_key), (cert, key));
+    daemon.signal("HUP");
+    daemon
+        .log
+        .wait_from_async(
+            before,
+            "cloud settings reloaded; the next request uses them",
+        )
+        .await;
+    // The held poll ends on the old connection; what follows goes out with the new
+    // certificate on a new one.
+    round_trip().await;
+    round_trip().await;
+    assert_eq!(handshakes().await, 2);
 }

@@ -127,6 +127,14 @@ impl Lines {
         self.wait_from(0, needle)
     }
 
+    pub async fn wait_from_async(&self, from: usize, needle: &str) -> String {
+        let this = self.clone();
+        let needle = needle.to_owned();
+        tokio::task::spawn_blocking(move || this.wait_from(from, &needle))
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_async(&self, needle: &str) -> String {
         let this = self.clone();
         let needle = needle.to_owned();
