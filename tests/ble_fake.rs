@@ -401,12 +401,11 @@ async fn discover_all(
                 )
             })
             .expect("central event stream ended");
-        if let CentralEvent::DeviceDiscovered(id) = &event {
-            if let Ok(p) = adapter.peripheral(id).await {
-                if let Some(i) = wanted.iter().position(|w| *w == p.address()) {
-                    found[i] = Some(p);
-                }
-            }
+        if let CentralEvent::DeviceDiscovered(id) = &event
+            && let Ok(p) = adapter.peripheral(id).await
+            && let Some(i) = wanted.iter().position(|w| *w == p.address())
+        {
+            found[i] = Some(p);
         }
         seen.push(event);
     }
@@ -427,14 +426,14 @@ async fn assert_no_discovery(
     let want = BDAddr::from_str(address).unwrap();
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(event) = tokio::time::timeout_at(deadline, events.next()).await {
-        if let Some(CentralEvent::DeviceDiscovered(id)) = &event {
-            if let Ok(p) = adapter.peripheral(id).await {
-                assert_ne!(
-                    p.address(),
-                    want,
-                    "{address} discovered while discovery stalls"
-                );
-            }
+        if let Some(CentralEvent::DeviceDiscovered(id)) = &event
+            && let Ok(p) = adapter.peripheral(id).await
+        {
+            assert_ne!(
+                p.address(),
+                want,
+                "{address} discovered while discovery stalls"
+            );
         }
     }
 }

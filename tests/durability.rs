@@ -51,7 +51,7 @@ async fn kill_dash_nine_under_load_loses_nothing_and_runs_nothing_twice() {
                 sent.lock().unwrap().extend(
                     ids.into_iter()
                         .enumerate()
-                        .map(|(k, id)| (id, (n + k) % 4 == 0)),
+                        .map(|(k, id)| (id, (n + k).is_multiple_of(4))),
                 );
                 n += 8;
                 // Pacing of the load, not synchronisation.

@@ -126,7 +126,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 
 fn hex_decode(text: &str) -> Result<Vec<u8>, CodecError> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(CodecError::BadHex("odd number of digits"));
     }
     let nibble = |c: u8| -> Result<u8, CodecError> {
@@ -170,7 +170,7 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 /// (a payload is one exact string, not a MIME body).
 fn base64_decode(text: &str) -> Result<Vec<u8>, CodecError> {
     let body = text.trim_end_matches('=');
-    if text.len() - body.len() > 2 || (text.len() != body.len() && text.len() % 4 != 0) {
+    if text.len() - body.len() > 2 || (text.len() != body.len() && !text.len().is_multiple_of(4)) {
         return Err(CodecError::BadBase64("misplaced '=' padding"));
     }
     if body.len() % 4 == 1 {
