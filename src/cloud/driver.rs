@@ -250,6 +250,10 @@ impl Driver {
         let mut batch_limit = self.max_batch;
         let mut logged_state = LinkState::Connecting;
         let mut draining = false;
+        // Which client a request went out on: a poll answered on a replaced client proves
+        // nothing about the new one, which starts cold (see `Session::link_changed`).
+        let mut uplink_gen = 0u64;
+        let mut poll_gen = 0u64;
         let wedge = std::env::var("TETHER_FAULT").is_ok_and(|f| f == "wedge-uplink");
         let mut beat = tokio::time::interval(BEAT_INTERVAL);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,6 +281,7 @@ impl Driver {
                             capacity,
                         };
                         poll_batch = Some(batch);
+                        poll_gen = uplink_gen;
                         let uplink = self.uplink.clone();
                         poll = Some(Box::pin(uplink.post(true, body, wait)));
                     }
@@ -323,6 +328,9 @@ impl Driver {
                             self.outbox.settle(batch, &resp.acked, true).await;
                             batch_limit = (batch_limit * 2).min(self.max_batch);
                             self.session.poll_done(now, Ok(resp.poll));
+                            if poll_gen != uplink_gen {
+                                self.session.link_changed();
+                            }
                             if wedge && had_commands {
                                 log::warn!("TETHER_FAULT=wedge-uplink: the uplink loop stops turning now");
                                 std::future::pending::<()>().await;
@@ -346,8 +354,12 @@ impl Driver {
                     let batch = flush_batch.take().unwrap_or_default();
                     let ok = match out {
                         Ok(resp) => {
+                            // A cloud that answers 200 but takes none of the results must
+                            // not be flushed at again in a tight loop: they wait for the
+                            // next poll.
+                            let progressed = batch.results.is_empty() || !resp.acked.is_empty();
                             self.outbox.settle(batch, &resp.acked, true).await;
-                            true
+                            progressed
                         }
                         Err(e) => {
                             log::debug!("early flush failed, results ride the next poll: {e}");
@@ -366,6 +378,8 @@ impl Driver {
                     if let Some(uplink) = change.uplink {
                         // Requests in flight finish on the old client; new ones use the new.
                         self.uplink = uplink;
+                        uplink_gen += 1;
+                        self.session.link_changed();
                         log::info!("cloud settings reloaded; the next request uses them");
                         self.session.retry_now(Instant::now());
                     }

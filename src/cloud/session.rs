@@ -203,6 +203,13 @@ impl Session {
         }
     }
 
+    /// The HTTP client was replaced: its first request opens a connection, so nothing may
+    /// run beside it (two requests on a cold client open two connections) until a poll on
+    /// it succeeds.
+    pub fn link_changed(&mut self) {
+        self.link_proven = false;
+    }
+
     /// New results are owed to the cloud.
     pub fn results_ready(&mut self, now: Instant) {
         if !(self.poll_in_flight || self.draining) || !self.link_proven {
@@ -242,7 +249,8 @@ impl Session {
         }
     }
 
-    /// An early flush ended; `ok` false leaves its results for the next poll.
+    /// An early flush ended; `ok` false (it failed, or the cloud took none of its results)
+    /// leaves its results for the next poll.
     pub fn flush_done(&mut self, now: Instant, ok: bool) {
         self.flush_in_flight = false;
         if ok && std::mem::take(&mut self.more_ready) {

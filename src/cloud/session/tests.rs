@@ -265,3 +265,42 @@ async fn reconfigure_changes_the_wait_unless_the_server_steers_it() {
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_client_is_probed_alone_like_the_first() {
+    let mut s = session();
+    ok_poll(&mut s);
+    // A held poll is out on the old client when the new one arrives.
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    s.link_changed();
+    s.results_ready(Instant::now());
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        None,
+        "no flush on a cold client"
+    );
+    // The held poll's answer came over the old client; the driver says so again.
+    s.poll_done(Instant::now(), Ok(None));
+    s.link_changed();
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll {
+            wait: Duration::ZERO
+        })
+    );
+    s.results_ready(Instant::now());
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(s.poll_action(Instant::now()), None);
+    // Once a poll on the new client succeeds, flushes may run beside the held poll.
+    s.poll_done(Instant::now(), Ok(None));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { wait }) if wait > Duration::ZERO
+    ));
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+}
