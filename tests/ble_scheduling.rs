@@ -85,8 +85,18 @@ async fn a_kept_link_is_reused_then_closed_after_idle_disconnect() {
     let rig = BleRig::start("ble-idle", &[], &extra, |fake| {
         BleRig::add_device(fake, &lamp, json!({}));
     });
-    for n in 0..3 {
-        let r = rig.run(json!({"target": "lamp", "payload": n})).await;
+    // One batch: the lane runs them back to back, so no gap between them can reach the
+    // idle timeout however slow the machine.
+    let ids = rig
+        .cloud
+        .enqueue_many(
+            (0..3)
+                .map(|n| json!({"target": "lamp", "payload": n}))
+                .collect(),
+        )
+        .await;
+    for id in &ids {
+        let r = rig.cloud.result(id).await["result"].clone();
         assert_eq!(r["status"], "ok", "{r}");
     }
     assert_eq!(

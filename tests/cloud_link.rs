@@ -17,8 +17,9 @@ async fn a_result_finishing_during_a_held_poll_is_flushed_on_the_same_connection
     let daemon = Tetherd::start(&cfg);
     let mut valve = Appliance::connect(daemon.mqtt, "valve", Behaviour::Manual).await;
     let polls = || async { cloud.stats().await["polls"].as_u64().unwrap() };
-    eventually("the first poll", || async {
-        (polls().await >= 1).then_some(())
+    // The first poll is a short probe; the second is the one held.
+    eventually("a held poll", || async {
+        (polls().await >= 2).then_some(())
     })
     .await;
     for round in 0..3 {
@@ -64,7 +65,7 @@ async fn devcloud_killed_and_restarted_mid_run_loses_nothing() {
     }
     let batch = |from: usize| -> Vec<serde_json::Value> {
         (from..from + 20)
-            .map(|n| json!({"target": names[n % 3], "payload": {"n": n}}))
+            .map(|n| json!({"target": names[n % 3], "payload": {"n": n}, "timeout_ms": 60000}))
             .collect()
     };
     // The appliances answer by hand, so the test decides which results exist while the

@@ -141,7 +141,10 @@ async fn a_second_connection_for_an_appliance_replaces_the_first() {
     let cloud = DevCloud::start(dir.path(), &[]);
     let cfg = config(dir.path(), &cloud, &["plug"], "");
     let daemon = Tetherd::start(&cfg);
-    let _first = Appliance::connect(daemon.mqtt, "plug", Behaviour::Silent).await;
+    let mut first = Appliance::connect(daemon.mqtt, "plug", Behaviour::Silent).await;
+    // Kicked, it must not come back (the helper reconnects by itself unless told not to)
+    // and kick the second in turn.
+    first.received.close();
     let mut second = Appliance::connect(daemon.mqtt, "plug", Behaviour::Echo).await;
     daemon.log.wait_async("replaced by a new connection").await;
     let id = cloud.enqueue(json!({"target": "plug", "payload": 1})).await;

@@ -152,10 +152,10 @@ async fn expired_commands_are_never_dispatched() {
         .enqueue(json!({"target": "slow-1", "payload": "zero", "ttl_ms": 0}))
         .await;
     assert_eq!(cloud.result(&zero).await["result"]["status"], "expired");
-    // The first command occupies the appliance for its whole 1 s timeout; the second
+    // The first command occupies the appliance for its whole 3 s timeout; the second
     // arrives meanwhile with a 50 ms TTL, which runs out while it waits in the queue.
     let first = cloud
-        .enqueue(json!({"target": "slow-1", "payload": "first", "timeout_ms": 1000}))
+        .enqueue(json!({"target": "slow-1", "payload": "first", "timeout_ms": 3000}))
         .await;
     let (got, _) = slow.next_command().await;
     assert_eq!(got, first);

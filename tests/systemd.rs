@@ -100,7 +100,9 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_errors() {
     );
     let daemon = Tetherd::start(&cfg);
     let _keep = Appliance::connect(daemon.mqtt, "keep-1", Behaviour::Echo).await;
-    let _old = Appliance::connect(daemon.mqtt, "old-1", Behaviour::Echo).await;
+    let mut old = Appliance::connect(daemon.mqtt, "old-1", Behaviour::Echo).await;
+    // Once removed it must stay away, not retry until 127.0.0.1's connection rate runs out.
+    old.received.close();
     let refused = Ok(ConnectReturnCode::NotAuthorized);
     assert_eq!(
         try_connect(daemon.mqtt, "new-1", "new-1", &password("new-1")).await,
@@ -248,6 +250,7 @@ async fn journald_gets_structured_fields() {
         .enqueue(json!({"target": "j-1", "payload": {"secret": "s3cr3t-payload"}}))
         .await;
     cloud.result(&id).await;
+    journal.wait_for("appliance finished command");
     let record = journal.wait_for(&format!("COMMAND_ID={id}\n"));
     let record = journal
         .all()
