@@ -8,8 +8,9 @@
 //! [`TaskTracker`] under one [`CancellationToken`].
 //!
 //! Reload ([`App::reload`], on SIGHUP) applies what can change live: appliances, groups,
-//! limits and timeouts, cloud settings (a new client), the log level. What cannot
-//! (listen address, state directory, gateway id, journal settings) is reported and kept.
+//! `[router]`, the two MQTT rates, cloud settings and identity files (a new client), the
+//! log level. Everything else the running tasks took at start (listeners, MQTT timeouts
+//! and sizes, `[ble]`, state and journal settings, gateway id) is reported and kept.
 //!
 //! Stop ([`App::shutdown`], on SIGTERM): polling stops (no new commands), running commands
 //! get `gateway.stop_grace` to finish while finished results still go out on the open
@@ -41,11 +42,8 @@ use crate::transport::{Transports, mqtt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on mqtt.listen {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Listen(#[from] mqtt::ListenError),
     #[error("cloud link setup: {0}")]
     Uplink(#[from] SetupError),
     #[error("{0}")]
@@ -215,12 +213,7 @@ impl App {
             _ => None,
         };
         let (mqtt, mqtt_addr, mqtt_tls_addr) =
-            mqtt::start(config, tls, outbox.clone(), &tracker, cancel.clone())
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.mqtt.listen,
-                    source,
-                })?;
+            mqtt::start(config, tls, outbox.clone(), &tracker, cancel.clone()).await?;
         log::info!("mqtt endpoint listening on {mqtt_addr}");
         if let Some(addr) = mqtt_tls_addr {
             log::info!("mqtt TLS endpoint listening on {addr}");

@@ -174,7 +174,8 @@ pub struct RouterConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    /// `off`, `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` (a bare level name)
+    /// overrides it.
     #[serde(default = "default_log_level")]
     pub level: String,
     /// `auto` (journald under systemd, else stderr), `journal` or `stderr`.
@@ -770,6 +771,9 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
         if m.max_connect_rate == 0 {
             self.err(&["mqtt", "max_connect_rate"], "must be at least 1");
         }
+        if m.max_events == 0 {
+            self.err(&["mqtt", "max_events"], "must be at least 1");
+        }
         if m.connect_timeout.is_zero() || m.idle_timeout.is_zero() {
             self.err(
                 &["mqtt"],
@@ -793,6 +797,9 @@ impl<F: Fn(&[&str]) -> Range<usize>> Validator<'_, '_, F> {
                 &["router", "max_timeout"],
                 "must not be less than default_timeout",
             );
+        }
+        if r.max_command_bytes == 0 {
+            self.err(&["router", "max_command_bytes"], "must be at least 1");
         }
         if r.max_pending == 0 || r.max_queue_per_appliance == 0 {
             self.err(

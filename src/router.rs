@@ -391,7 +391,7 @@ impl Router {
 
     /// A command without a usable id cannot be answered: report it as an event.
     fn unanswerable(&self) {
-        let why = "command has no usable id (a string of 1 to 128 characters)";
+        let why = "command has no usable id (a string of 1 to 128 bytes)";
         log::warn!("dropped a command: {why}");
         self.shared.outbox.push_event(Event {
             appliance: None,

@@ -365,3 +365,14 @@ max_timeout = "400d"
         "{p:#?}"
     );
 }
+
+#[test]
+fn zero_sized_bounds_are_refused_by_key_and_line() {
+    let (text, first) = with("\n[mqtt]\nmax_events = 0\n[router]\nmax_command_bytes = 0\n");
+    let p = problems(&text);
+    assert!(has(&p, "mqtt.max_events", Some(first + 2)), "{p:#?}");
+    assert!(
+        has(&p, "router.max_command_bytes", Some(first + 4)),
+        "{p:#?}"
+    );
+}

@@ -117,11 +117,10 @@ pub async fn start(
     outbox: Arc<Outbox>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> std::io::Result<(MqttHandle, SocketAddr, Option<SocketAddr>)> {
+) -> Result<(MqttHandle, SocketAddr, Option<SocketAddr>), ListenError> {
     let m = &config.mqtt;
     let hub = Arc::new(new_hub(config, outbox));
-    let listener = TcpListener::bind(m.listen).await?;
-    let local = listener.local_addr()?;
+    let (listener, local) = bind("mqtt.listen", m.listen).await?;
     let limits = conn::Limits {
         max_packet: m.max_payload + FRAMING_ALLOWANCE,
         connect_timeout: m.connect_timeout,
@@ -133,8 +132,8 @@ pub async fn start(
     let full = Arc::new(AtomicBool::new(false));
     let mut tls_local = None;
     if let (Some(addr), Some(acceptor)) = (m.tls_listen, tls) {
-        let tls_listener = TcpListener::bind(addr).await?;
-        tls_local = Some(tls_listener.local_addr()?);
+        let (tls_listener, addr) = bind("mqtt.tls_listen", addr).await?;
+        tls_local = Some(addr);
         let ctx = Accepting {
             hub: hub.clone(),
             limits: limits.clone(),
@@ -157,6 +156,26 @@ pub async fn start(
     };
     tracker.spawn(accept_loop(listener, None, ctx));
     Ok((MqttHandle { hub, connect_rate }, local, tls_local))
+}
+
+/// A listener that could not be set up, named by its config key.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {key} {addr}: {source}")]
+pub struct ListenError {
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+async fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ListenError> {
+    let fail = |source| ListenError { key, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
 }
 
 /// What an accept loop hands each connection.
