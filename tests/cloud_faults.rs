@@ -191,3 +191,53 @@ async fn refused_credentials_recover_when_the_operator_fixes_the_token() {
     daemon.signal("HUP");
     round_trip(&cloud).await;
 }
+
+/// A cloud (or a proxy before it) with a body limit refuses a request because of an event
+/// too large for it: the event is found and dropped, and no result is blamed for it. With
+/// events and results in one refused request, results go alone next; events alone are
+/// halved down to the one refused.
+#[tokio::test]
+async fn a_body_limit_blames_the_event_that_breaks_it_not_the_results() {
+    let r = rig("bodylimit", &["--max-body-bytes", "6000"], "").await;
+    let publish = |body: String| {
+        let client = r._app.client.clone();
+        async move {
+            client
+                .publish("tether/f-1/events", rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap();
+        }
+    };
+    publish(json!({"small": 1}).to_string()).await;
+    // Under the appliance client's own packet limit (10 KiB), over the cloud's.
+    publish(json!({"big": "x".repeat(8_000)}).to_string()).await;
+    publish(json!({"small": 2}).to_string()).await;
+    // Results owed at the same time, so the refused request may carry both.
+    let ids = r
+        .cloud
+        .enqueue_many(
+            (0..5)
+                .map(|n| json!({"target": "f-1", "payload": n}))
+                .collect(),
+        )
+        .await;
+    for id in &ids {
+        assert_eq!(r.cloud.result(id).await["result"]["status"], "ok", "{id}");
+    }
+    r.daemon
+        .log
+        .wait_async("cloud refuses an event of kind event")
+        .await;
+    let events = eventually("both small events", || async {
+        let e = r.cloud.events().await;
+        let smalls = e
+            .iter()
+            .filter(|e| e["payload"].get("small").is_some())
+            .count();
+        (smalls == 2).then_some(e)
+    })
+    .await;
+    assert!(events.iter().all(|e| e["payload"].get("big").is_none()));
+    assert_eq!(r.daemon.log.count("quarantined"), 0, "no result was blamed");
+    round_trip(&r.cloud).await;
+}

@@ -53,7 +53,9 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    fn failure(&self, carried_results: bool) -> Failure {
+    /// `carried` is whether the request carried results or events: only then can a
+    /// 400/413/422 be about its content.
+    fn failure(&self, carried: bool) -> Failure {
         match self {
             RequestError::Status {
                 status,
@@ -62,7 +64,7 @@ impl RequestError {
             } => match status.as_u16() {
                 401 | 403 => Failure::Auth,
                 429 | 503 => Failure::Busy(*retry_after),
-                400 | 413 | 422 if carried_results => Failure::Refused,
+                400 | 413 | 422 if carried => Failure::Refused,
                 _ => Failure::Transient,
             },
             _ => Failure::Transient,
@@ -248,6 +250,9 @@ impl Driver {
         let mut flush: Request<ResultsResponse> = None;
         let mut flush_batch = None;
         let mut batch_limit = self.max_batch;
+        // Events per request: cut when the cloud refuses a request that carried events, so
+        // a refusal caused by events never costs a result (see `narrow_events`).
+        let mut event_limit = MAX_EVENTS_PER_REQUEST;
         let mut logged_state = LinkState::Connecting;
         let mut draining = false;
         // Which client a request went out on: a poll answered on a replaced client proves
@@ -263,7 +268,8 @@ impl Driver {
             while let Some(action) = self.session.poll_action(now) {
                 match action {
                     Action::Poll { wait } => {
-                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
+                        let events = self.events_cap(event_limit);
+                        let batch = self.outbox.take(batch_limit, events).await;
                         let mut pending = self.router.pending_ids();
                         pending.extend(self.outbox.in_flight_ids());
                         let capacity = self.router.capacity();
@@ -286,7 +292,8 @@ impl Driver {
                         poll = Some(Box::pin(uplink.post(true, body, wait)));
                     }
                     Action::Flush => {
-                        let batch = self.outbox.take(batch_limit, MAX_EVENTS_PER_REQUEST).await;
+                        let events = self.events_cap(event_limit);
+                        let batch = self.outbox.take(batch_limit, events).await;
                         if batch.results.is_empty() && batch.events.is_empty() {
                             // Everything owed already rides in a request.
                             self.outbox.settle(batch, &[], false).await;
@@ -318,10 +325,13 @@ impl Driver {
                 }
                 out = next(&mut poll) => {
                     poll = None;
-                    let batch = poll_batch.take().unwrap_or_default();
+                    let mut batch = poll_batch.take().unwrap_or_default();
                     let now = Instant::now();
                     match out {
                         Ok(resp) => {
+                            if !batch.events.is_empty() {
+                                event_limit = (event_limit * 2).clamp(1, MAX_EVENTS_PER_REQUEST);
+                            }
                             let had_commands = !resp.commands.is_empty();
                             // Commands first, so the next poll lists them as pending.
                             self.router.submit(resp.commands).await;
@@ -337,13 +347,22 @@ impl Driver {
                             }
                         }
                         Err(e) => {
-                            let failure = e.failure(!batch.results.is_empty());
+                            let carried = !batch.results.is_empty() || !batch.events.is_empty();
+                            let failure = e.failure(carried);
                             if failure == Failure::Refused {
-                                batch_limit = self.narrow(&batch, &e).await;
+                                if batch.events.is_empty() {
+                                    batch_limit = self.narrow(&batch, &e).await;
+                                } else {
+                                    event_limit = narrow_events(&mut batch, &e);
+                                }
                             }
                             self.outbox.settle(batch, &[], false).await;
                             self.session.poll_done(now, Err(failure));
-                            self.log_failure(&e, logged_state);
+                            if failure == Failure::Refused {
+                                log::warn!("cloud refused the request ({e}); retrying at once with less in it");
+                            } else {
+                                self.log_failure(&e, logged_state);
+                            }
                             self.health.set_link(self.session.state(), Some(e.to_string()));
                         }
                     }
@@ -358,6 +377,9 @@ impl Driver {
                             // not be flushed at again in a tight loop: they wait for the
                             // next poll.
                             let progressed = batch.results.is_empty() || !resp.acked.is_empty();
+                            if !batch.events.is_empty() {
+                                event_limit = (event_limit * 2).clamp(1, MAX_EVENTS_PER_REQUEST);
+                            }
                             self.outbox.settle(batch, &resp.acked, true).await;
                             progressed
                         }
@@ -398,8 +420,18 @@ impl Driver {
         }
     }
 
-    /// The cloud refused a batch: halve it, and quarantine a lone result so the queue
-    /// never wedges on one bad result.
+    /// Events for the next request. At 0 (a request with events was refused), results go
+    /// alone while any are waiting, then events one at a time.
+    fn events_cap(&self, event_limit: usize) -> usize {
+        if event_limit == 0 && self.outbox.owed() <= self.outbox.in_flight_ids().len() {
+            1
+        } else {
+            event_limit
+        }
+    }
+
+    /// The cloud refused a batch of results only: halve it, and quarantine a lone result
+    /// so the queue never wedges on one bad result.
     async fn narrow(&self, batch: &Batch, e: &RequestError) -> usize {
         if let [only] = batch.results.as_slice() {
             self.outbox.quarantine(&only.command_id).await;
@@ -437,6 +469,24 @@ impl Driver {
         }
         state
     }
+}
+
+/// The cloud refused a request that carried events; returns the next requests' event
+/// limit. Results are never blamed here: with results in the request, the next ones carry
+/// results alone (limit 0), and a refusal of those narrows the results. Events alone are
+/// halved down to one, and a lone event the cloud refuses is dropped (events are not
+/// journalled; holding it would wedge every event behind it).
+fn narrow_events(batch: &mut Batch, e: &RequestError) -> usize {
+    if !batch.results.is_empty() {
+        return 0;
+    }
+    if let [only] = batch.events.as_slice() {
+        log::error!(appliance = only.appliance.as_deref().unwrap_or("-");
+            "cloud refuses an event of kind {} ({e}); dropped", only.kind);
+        batch.events.clear();
+        return 1;
+    }
+    (batch.events.len() / 2).max(1)
 }
 
 fn far_future() -> Instant {

@@ -15,7 +15,7 @@ use crate::state::Take;
 use crate::stats::bump;
 
 /// Largest request body accepted from a gateway.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Longest hold honoured even if `--max-wait-s` is larger, so deadlines never overflow.
 const MAX_HOLD_S: u64 = 24 * 3600;
@@ -119,7 +119,7 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
     let wait_s = prefer_wait(req.headers())
         .min(app.max_wait_s)
         .min(MAX_HOLD_S);
-    let body: PollRequest = match http::read_json(req, MAX_BODY).await {
+    let body: PollRequest = match http::read_json(req, app.max_body_bytes).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),
     };
@@ -173,8 +173,8 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
             commands,
             acked: start.acked,
             poll: Some(Cadence {
-                wait_s: app.wait_s,
-                interval_s: app.interval_s,
+                wait_s: Some(app.wait_s),
+                interval_s: Some(app.interval_s),
             }),
         },
     )
@@ -182,7 +182,7 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
 
 async fn results(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
     bump(&app.stats.results_posts);
-    let body: ResultsRequest = match http::read_json(req, MAX_BODY).await {
+    let body: ResultsRequest = match http::read_json(req, app.max_body_bytes).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),
     };

@@ -74,6 +74,9 @@ struct Cli {
     /// Require TLS client certificates chained to this CA (PEM).
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Largest request body accepted on /v1 (413 beyond it), like a proxy's body limit.
+    #[arg(long, value_name = "BYTES", default_value_t = api::MAX_BODY)]
+    max_body_bytes: usize,
 }
 
 /// What every request handler needs; shared by all connections.
@@ -85,6 +88,7 @@ pub struct App {
     pub wait_s: u64,
     pub interval_s: u64,
     pub max_wait_s: u64,
+    pub max_body_bytes: usize,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +139,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         wait_s: cli.wait_s,
         interval_s: cli.interval_s,
         max_wait_s: cli.max_wait_s,
+        max_body_bytes: cli.max_body_bytes,
     });
 
     let tls_task = tokio::spawn(server::serve_https(https, tls_config, app.clone()));
