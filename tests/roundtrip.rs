@@ -141,6 +141,22 @@ async fn group_with_one_offline_member_is_partial() {
     assert_eq!(r["items"].as_array().unwrap().len(), 2);
 }
 
+/// During `mqtt.startup_grace` a command for an appliance that has not connected yet waits
+/// for it, but never past its TTL: it is `expired`, not sent late (nor `unreachable`).
+#[tokio::test]
+async fn the_startup_grace_never_carries_a_command_past_its_ttl() {
+    let dir = TempDir::new("grace-ttl");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mqtt = "listen = \"127.0.0.1:0\"\nstartup_grace = \"60s\"\n";
+    let cfg = config_with_mqtt(dir.path(), &cloud, &["late-1"], mqtt, "");
+    let _daemon = Tetherd::start(&cfg);
+    let id = cloud
+        .enqueue(json!({"target": "late-1", "ttl_ms": 300, "timeout_ms": 20000}))
+        .await;
+    let r = cloud.result(&id).await["result"].clone();
+    assert_eq!(r["status"], "expired", "{r}");
+}
+
 #[tokio::test]
 async fn expired_commands_are_never_dispatched() {
     let dir = TempDir::new("ttl");

@@ -445,6 +445,12 @@ impl Hub {
         let started = Instant::now();
         let mut tx = Some(tx);
         let conn = loop {
+            // Waiting out the start-up grace must not carry a command past its TTL.
+            if dispatch.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Outcome::Expired(
+                    "TTL ran out while waiting for the appliance to connect; not sent".into(),
+                );
+            }
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
@@ -452,7 +458,10 @@ impl Hub {
                 Ok(conn) => break conn,
                 Err(Claim::Unreachable(why)) => why,
                 Err(Claim::NotReady(why)) => {
-                    let until = self.grace_until.min(started + dispatch.timeout);
+                    let mut until = self.grace_until.min(started + dispatch.timeout);
+                    if let Some(deadline) = dispatch.deadline {
+                        until = until.min(deadline);
+                    }
                     if Instant::now() >= until {
                         return Outcome::Unreachable(why.into());
                     }
