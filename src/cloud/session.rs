@@ -83,10 +83,17 @@ impl LinkState {
     }
 }
 
+/// The poll cadence in force: the config's wait until the server steers it.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    wait_s: u64,
+    interval_s: u64,
+}
+
 #[derive(Debug)]
 pub struct Session {
     cfg: SessionConfig,
-    cadence: Cadence,
+    cadence: Timing,
     next_poll: Instant,
     poll_in_flight: bool,
     flush_in_flight: bool,
@@ -97,6 +104,10 @@ pub struct Session {
     more_ready: bool,
     /// The last poll succeeded, so the pooled connection is known and multiplexed.
     link_proven: bool,
+    /// An early flush failed (a 503, a 401, a broken stream) or moved nothing: no more
+    /// until the next poll ends, so a cloud shedding load is not sent one request per
+    /// finished result; the results ride that poll.
+    flush_held: bool,
     failures: u32,
     state: LinkState,
     /// Stopping: no more polls; owed results still go out by flush.
@@ -106,7 +117,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(cfg: SessionConfig, now: Instant, rng: fastrand::Rng) -> Session {
-        let cadence = Cadence {
+        let cadence = Timing {
             wait_s: cfg.poll_wait.as_secs(),
             interval_s: 0,
         };
@@ -120,6 +131,7 @@ impl Session {
             last_flush: None,
             more_ready: false,
             link_proven: false,
+            flush_held: false,
             failures: 0,
             state: LinkState::Connecting,
             draining: false,
@@ -176,7 +188,10 @@ impl Session {
     }
 
     fn can_flush(&self) -> bool {
-        (self.poll_in_flight || self.draining) && self.link_proven && !self.flush_in_flight
+        (self.poll_in_flight || self.draining)
+            && self.link_proven
+            && !self.flush_in_flight
+            && !self.flush_held
     }
 
     /// Stop polling (the daemon is stopping); the driver drops the held poll. Results
@@ -184,6 +199,7 @@ impl Session {
     pub fn drain(&mut self, now: Instant) {
         self.draining = true;
         self.poll_in_flight = false;
+        self.flush_held = false;
         self.results_ready(now);
     }
 
@@ -228,12 +244,13 @@ impl Session {
     pub fn poll_done(&mut self, now: Instant, outcome: Result<Option<Cadence>, Failure>) {
         self.poll_in_flight = false;
         self.flush_due = None;
+        self.flush_held = false;
         match outcome {
             Ok(cadence) => {
                 if let Some(c) = cadence {
-                    self.cadence = Cadence {
-                        wait_s: c.wait_s.min(3600),
-                        interval_s: c.interval_s.min(86_400),
+                    self.cadence = Timing {
+                        wait_s: c.wait_s.map_or(self.cadence.wait_s, |w| w.min(3600)),
+                        interval_s: c.interval_s.unwrap_or(0).min(86_400),
                     };
                 }
                 self.failures = 0;
@@ -250,9 +267,13 @@ impl Session {
     }
 
     /// An early flush ended; `ok` false (it failed, or the cloud took none of its results)
-    /// leaves its results for the next poll.
+    /// leaves its results, and any that finish meanwhile, for the next poll.
     pub fn flush_done(&mut self, now: Instant, ok: bool) {
         self.flush_in_flight = false;
+        // While stopping there is no next poll to wait for.
+        if !ok && !self.draining {
+            self.flush_held = true;
+        }
         if ok && std::mem::take(&mut self.more_ready) {
             self.results_ready(now);
         }

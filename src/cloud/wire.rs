@@ -52,24 +52,36 @@ pub struct PollRequest {
 pub struct PollResponse {
     /// New commands. Kept as raw JSON so one malformed command cannot poison the batch:
     /// each is parsed on its own and a bad one earns a `rejected` result.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub commands: Vec<Value>,
     /// Command ids whose results the cloud has stored durably.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub acked: Vec<String>,
     /// Server-steered cadence for the next polls.
     #[serde(default)]
     pub poll: Option<Cadence>,
 }
 
-/// How the server wants to be polled.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// How the server wants to be polled. Either field may be left out: a missing `wait_s`
+/// keeps the wait in force, a missing `interval_s` means 0.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds.
-    pub wait_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
     /// Pause between polls, in seconds; 0 means poll again at once (long polling).
-    #[serde(default)]
-    pub interval_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<u64>,
+}
+
+/// `null` where a list is expected reads as the empty list: some servers' JSON encoders
+/// write an empty list that way (Go's nil slices, for one).
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Body of `POST /v1/gateways/{id}/results` (early flush while a poll is held).
@@ -84,7 +96,7 @@ pub struct ResultsRequest {
 /// Response to an early flush.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ResultsResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub acked: Vec<String>,
 }
 
@@ -201,5 +213,25 @@ mod tests {
         let deep: Value =
             serde_json::from_str(&format!("{}{}", "[".repeat(127), "]".repeat(127))).unwrap();
         assert_eq!(nesting_depth(&deep), 127);
+    }
+
+    #[test]
+    fn poll_responses_from_lenient_servers_parse() {
+        let r: PollResponse = serde_json::from_str(
+            r#"{"commands": null, "acked": null, "poll": {"interval_s": 300}}"#,
+        )
+        .unwrap();
+        assert!(r.commands.is_empty() && r.acked.is_empty());
+        assert_eq!(
+            r.poll,
+            Some(Cadence {
+                wait_s: None,
+                interval_s: Some(300)
+            })
+        );
+        let r: ResultsResponse = serde_json::from_str(r#"{"acked": null}"#).unwrap();
+        assert!(r.acked.is_empty());
+        // A wrong type is still an error, not an empty list.
+        assert!(serde_json::from_str::<PollResponse>(r#"{"acked": "c1"}"#).is_err());
     }
 }

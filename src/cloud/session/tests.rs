@@ -61,8 +61,8 @@ async fn server_cadence_steers_wait_and_interval() {
     s.poll_done(
         Instant::now(),
         Ok(Some(Cadence {
-            wait_s: 5,
-            interval_s: 10,
+            wait_s: Some(5),
+            interval_s: Some(10),
         })),
     );
     assert_eq!(s.poll_action(Instant::now()), None);
@@ -252,8 +252,8 @@ async fn reconfigure_changes_the_wait_unless_the_server_steers_it() {
     s.poll_done(
         Instant::now(),
         Ok(Some(Cadence {
-            wait_s: 20,
-            interval_s: 0,
+            wait_s: Some(20),
+            interval_s: Some(0),
         })),
     );
     new.poll_wait = Duration::from_secs(7);
@@ -303,4 +303,58 @@ async fn a_replaced_client_is_probed_alone_like_the_first() {
     ));
     s.results_ready(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_flush_holds_flushes_until_the_next_poll_ends() {
+    let mut s = session();
+    ok_poll(&mut s);
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    // A 503 (or 200 with nothing acked): the next finished results do not flush.
+    s.flush_done(Instant::now(), false);
+    for _ in 0..3 {
+        advance(Duration::from_secs(1)).await;
+        s.results_ready(Instant::now());
+        assert_eq!(s.poll_action(Instant::now()), None);
+    }
+    assert_eq!(s.poll_timeout(), None, "nothing to wake up for");
+    // The held poll ends; flushes may run beside the next one.
+    s.poll_done(Instant::now(), Ok(None));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    s.results_ready(Instant::now());
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    // While stopping there is no next poll: a failed flush does not hold the rest.
+    s.flush_done(Instant::now(), false);
+    s.drain(Instant::now());
+    advance(cfg().linger).await;
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cadence_with_only_an_interval_keeps_the_wait() {
+    let mut s = session();
+    ok_poll(&mut s);
+    s.poll_action(Instant::now());
+    s.poll_done(
+        Instant::now(),
+        Ok(Some(Cadence {
+            wait_s: None,
+            interval_s: Some(60),
+        })),
+    );
+    advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll {
+            wait: cfg().poll_wait
+        })
+    );
 }
