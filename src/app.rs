@@ -32,7 +32,7 @@ use crate::cloud::driver::{Driver, Reconfigure, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 use crate::health::Health;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
@@ -170,6 +170,14 @@ fn identity_files(cloud: &crate::config::CloudConfig) -> u64 {
     h.finish()
 }
 
+fn count(config: &Config, kind: TransportKind) -> usize {
+    config
+        .appliances
+        .iter()
+        .filter(|a| a.transport == kind)
+        .count()
+}
+
 /// The session's timing knobs from `[cloud]` (also used by the fuzz harness).
 pub(crate) fn session_config(config: &Config) -> SessionConfig {
     SessionConfig {
@@ -262,7 +270,8 @@ impl App {
             router: router.clone(),
             mqtt: mqtt.clone(),
             outbox: outbox.clone(),
-            appliances: AtomicUsize::new(config.appliances.len()),
+            mqtt_appliances: AtomicUsize::new(count(config, TransportKind::Mqtt)),
+            ble_appliances: AtomicUsize::new(count(config, TransportKind::Ble)),
         });
         tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
         log::info!(
@@ -366,8 +375,11 @@ impl App {
         self.router.reconfigure(&new);
         self.mqtt.reconfigure(&new);
         self.watched
-            .appliances
-            .store(new.appliances.len(), Ordering::Relaxed);
+            .mqtt_appliances
+            .store(count(&new, TransportKind::Mqtt), Ordering::Relaxed);
+        self.watched
+            .ble_appliances
+            .store(count(&new, TransportKind::Ble), Ordering::Relaxed);
         let token = match tls::load_token(&new.cloud) {
             Ok(t) => t,
             Err(e) => {

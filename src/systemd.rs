@@ -49,8 +49,10 @@ pub struct Watched {
     pub router: Router,
     pub mqtt: MqttHandle,
     pub outbox: Arc<Outbox>,
-    /// Configured appliances (changes on reload).
-    pub appliances: AtomicUsize,
+    /// Configured MQTT and BLE appliances (change on reload). BLE appliances are
+    /// connected on demand, so only MQTT ones count towards "online".
+    pub mqtt_appliances: AtomicUsize,
+    pub ble_appliances: AtomicUsize,
 }
 
 impl Watched {
@@ -59,11 +61,15 @@ impl Watched {
     pub fn status_line(&self) -> String {
         let tasks =
             tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        let ble = match self.ble_appliances.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(" (+{n} BLE, linked on demand)"),
+        };
         format!(
-            "{}; {}/{} appliances online; {} results owed; {} commands running; {tasks} tasks",
+            "{}; {}/{} appliances online{ble}; {} results owed; {} commands running; {tasks} tasks",
             self.health.link_summary(),
             self.mqtt.online(),
-            self.appliances.load(Ordering::Relaxed),
+            self.mqtt_appliances.load(Ordering::Relaxed),
             self.outbox.owed(),
             self.router.pending_count(),
         )

@@ -18,6 +18,10 @@ use serde_json::{Value, json};
 struct Sample {
     at_s: u64,
     rss_kib: u64,
+    /// Of `rss_kib`: the heap and other private memory, and mapped files (the binary, the
+    /// journal's shared-memory index).
+    anon_kib: u64,
+    file_kib: u64,
     fds: usize,
     threads: u64,
     /// Live tokio tasks, from the daemon's latest STATUS line.
@@ -25,7 +29,10 @@ struct Sample {
 }
 
 fn sample(pid: u32, start: Instant, notes: &Lines) -> Sample {
-    let [rss_kib, threads] = proc_status(pid, ["VmRSS:", "Threads:"]);
+    let [rss_kib, anon_kib, file_kib, shmem_kib, threads] = proc_status(
+        pid,
+        ["VmRSS:", "RssAnon:", "RssFile:", "RssShmem:", "Threads:"],
+    );
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     let tasks = notes
         .all()
@@ -40,6 +47,8 @@ fn sample(pid: u32, start: Instant, notes: &Lines) -> Sample {
     Sample {
         at_s: start.elapsed().as_secs(),
         rss_kib,
+        anon_kib,
+        file_kib: file_kib + shmem_kib,
         fds,
         threads,
         tasks,
@@ -189,11 +198,11 @@ async fn soak_with_random_faults_loses_nothing_and_stays_flat() {
         "soak {secs}s: {} commands, statuses {statuses:?}, faults {faults_done:?}",
         sent.len()
     );
-    eprintln!("samples (s, VmRSS KiB, fds, threads, tasks):");
+    eprintln!("samples (s, VmRSS KiB = anon + file/shmem, fds, threads, tasks):");
     for s in &samples {
         eprintln!(
-            "  {:>5} {:>8} {:>4} {:>3} {:>5}",
-            s.at_s, s.rss_kib, s.fds, s.threads, s.tasks
+            "  {:>5} {:>8} = {:>8} + {:>6} {:>4} {:>3} {:>5}",
+            s.at_s, s.rss_kib, s.anon_kib, s.file_kib, s.fds, s.threads, s.tasks
         );
     }
     // No upward trend: the last third against the second third (the first is warm-up).

@@ -71,7 +71,9 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
         .http2_keep_alive_timeout(cfg.ping_timeout)
         .http2_keep_alive_while_idle(true)
         .tcp_keepalive(Duration::from_secs(30))
-        .pool_max_idle_per_host(1);
+        // HTTP/2 multiplexes everything over one connection; a cloud that speaks only
+        // HTTP/1.1 needs two (the held poll and an early flush), and both stay pooled.
+        .pool_max_idle_per_host(2);
     if let Some(path) = &cfg.ca_file {
         let certs =
             Certificate::from_pem_bundle(&read(path)?).map_err(|e| SetupError::Invalid {
