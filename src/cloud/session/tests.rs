@@ -24,6 +24,15 @@ fn ok_poll(s: &mut Session) {
     s.poll_done(Instant::now(), Ok(None));
 }
 
+/// A poll succeeded and the next one is out, held by the server.
+fn hold_poll(s: &mut Session) {
+    ok_poll(s);
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn first_poll_is_immediate_short_and_alone() {
     let mut s = session();
@@ -82,11 +91,7 @@ async fn server_cadence_steers_wait_and_interval() {
 #[tokio::test(start_paused = true)]
 async fn early_flushes_go_at_once_then_at_most_one_per_linger() {
     let mut s = session();
-    ok_poll(&mut s);
-    assert!(matches!(
-        s.poll_action(Instant::now()),
-        Some(Action::Poll { .. })
-    ));
+    hold_poll(&mut s);
     // After a quiet spell a result goes at once.
     s.results_ready(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
@@ -214,11 +219,7 @@ async fn refused_batch_retries_at_once_and_failure_stops_flushes() {
 #[tokio::test(start_paused = true)]
 async fn draining_stops_polls_but_still_flushes_results() {
     let mut s = session();
-    ok_poll(&mut s);
-    assert!(matches!(
-        s.poll_action(Instant::now()),
-        Some(Action::Poll { .. })
-    ));
+    hold_poll(&mut s);
     // Whatever is owed gets a flush at once; later results too, at the linger pace.
     s.drain(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
@@ -308,11 +309,7 @@ async fn a_replaced_client_is_probed_alone_like_the_first() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_flush_holds_flushes_until_the_next_poll_ends() {
     let mut s = session();
-    ok_poll(&mut s);
-    assert!(matches!(
-        s.poll_action(Instant::now()),
-        Some(Action::Poll { .. })
-    ));
+    hold_poll(&mut s);
     s.results_ready(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
     // A 503 (or 200 with nothing acked): the next finished results do not flush.
