@@ -188,6 +188,13 @@ impl Outbox {
         self.lock().in_flight.iter().cloned().collect()
     }
 
+    /// Whether owed results wait that no request carries yet.
+    pub fn results_waiting(&self) -> bool {
+        let owed = self.journal.owed_count();
+        let inner = self.lock();
+        owed + inner.spilled.len() > inner.in_flight.len()
+    }
+
     /// Results owed (not yet acked).
     pub fn owed(&self) -> usize {
         self.journal.owed_count() + self.lock().spilled.len()

@@ -249,16 +249,9 @@ impl Driver {
         let mut poll_batch = None;
         let mut flush: Request<ResultsResponse> = None;
         let mut flush_batch = None;
-        let mut batch_limit = self.max_batch;
-        // Events per request: cut when the cloud refuses a request that carried events, so
-        // a refusal caused by events never costs a result (see `narrow_events`).
-        let mut event_limit = MAX_EVENTS_PER_REQUEST;
+        let mut sizes = Sizes::new(self.max_batch);
         let mut logged_state = LinkState::Connecting;
         let mut draining = false;
-        // Which client a request went out on: a poll answered on a replaced client proves
-        // nothing about the new one, which starts cold (see `Session::link_changed`).
-        let mut uplink_gen = 0u64;
-        let mut poll_gen = 0u64;
         let wedge = std::env::var("TETHER_FAULT").is_ok_and(|f| f == "wedge-uplink");
         let mut beat = tokio::time::interval(BEAT_INTERVAL);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -268,8 +261,8 @@ impl Driver {
             while let Some(action) = self.session.poll_action(now) {
                 match action {
                     Action::Poll { wait } => {
-                        let events = self.events_cap(event_limit);
-                        let batch = self.outbox.take(batch_limit, events).await;
+                        let (results, events) = sizes.next(self.outbox.results_waiting());
+                        let batch = self.outbox.take(results, events).await;
                         let mut pending = self.router.pending_ids();
                         pending.extend(self.outbox.in_flight_ids());
                         let capacity = self.router.capacity();
@@ -287,13 +280,12 @@ impl Driver {
                             capacity,
                         };
                         poll_batch = Some(batch);
-                        poll_gen = uplink_gen;
                         let uplink = self.uplink.clone();
                         poll = Some(Box::pin(uplink.post(true, body, wait)));
                     }
                     Action::Flush => {
-                        let events = self.events_cap(event_limit);
-                        let batch = self.outbox.take(batch_limit, events).await;
+                        let (results, events) = sizes.next(self.outbox.results_waiting());
+                        let batch = self.outbox.take(results, events).await;
                         if batch.results.is_empty() && batch.events.is_empty() {
                             // Everything owed already rides in a request.
                             self.outbox.settle(batch, &[], false).await;
@@ -329,33 +321,19 @@ impl Driver {
                     let now = Instant::now();
                     match out {
                         Ok(resp) => {
-                            if !batch.events.is_empty() {
-                                event_limit = (event_limit * 2).clamp(1, MAX_EVENTS_PER_REQUEST);
-                            }
+                            sizes.delivered(&batch);
                             let had_commands = !resp.commands.is_empty();
                             // Commands first, so the next poll lists them as pending.
                             self.router.submit(resp.commands).await;
                             self.outbox.settle(batch, &resp.acked, true).await;
-                            batch_limit = (batch_limit * 2).min(self.max_batch);
                             self.session.poll_done(now, Ok(resp.poll));
-                            if poll_gen != uplink_gen {
-                                self.session.link_changed();
-                            }
                             if wedge && had_commands {
                                 log::warn!("TETHER_FAULT=wedge-uplink: the uplink loop stops turning now");
                                 std::future::pending::<()>().await;
                             }
                         }
                         Err(e) => {
-                            let carried = !batch.results.is_empty() || !batch.events.is_empty();
-                            let failure = e.failure(carried);
-                            if failure == Failure::Refused {
-                                if batch.events.is_empty() {
-                                    batch_limit = self.narrow(&batch, &e).await;
-                                } else {
-                                    event_limit = narrow_events(&mut batch, &e);
-                                }
-                            }
+                            let failure = self.failed(&mut sizes, &mut batch, &e).await;
                             self.outbox.settle(batch, &[], false).await;
                             self.session.poll_done(now, Err(failure));
                             if failure == Failure::Refused {
@@ -370,21 +348,21 @@ impl Driver {
                 }
                 out = next(&mut flush) => {
                     flush = None;
-                    let batch = flush_batch.take().unwrap_or_default();
+                    let mut batch = flush_batch.take().unwrap_or_default();
                     let ok = match out {
                         Ok(resp) => {
                             // A cloud that answers 200 but takes none of the results must
                             // not be flushed at again in a tight loop: they wait for the
                             // next poll.
                             let progressed = batch.results.is_empty() || !resp.acked.is_empty();
-                            if !batch.events.is_empty() {
-                                event_limit = (event_limit * 2).clamp(1, MAX_EVENTS_PER_REQUEST);
-                            }
+                            sizes.delivered(&batch);
                             self.outbox.settle(batch, &resp.acked, true).await;
                             progressed
                         }
                         Err(e) => {
-                            log::debug!("early flush failed, results ride the next poll: {e}");
+                            // Narrowed like a poll's (while stopping, no poll will).
+                            let failure = self.failed(&mut sizes, &mut batch, &e).await;
+                            log::debug!("early flush failed ({failure:?}), results ride the next request: {e}");
                             self.outbox.settle(batch, &[], false).await;
                             false
                         }
@@ -392,7 +370,7 @@ impl Driver {
                     self.session.flush_done(Instant::now(), ok);
                     // More owed than one request carried: keep flushing (at the linger pace)
                     // instead of leaving the rest for the next poll.
-                    if ok && self.outbox.owed() > self.outbox.in_flight_ids().len() {
+                    if ok && self.outbox.results_waiting() {
                         self.session.results_ready(Instant::now());
                     }
                 }
@@ -400,14 +378,13 @@ impl Driver {
                     if let Some(uplink) = change.uplink {
                         // Requests in flight finish on the old client; new ones use the new.
                         self.uplink = uplink;
-                        uplink_gen += 1;
                         self.session.link_changed();
                         log::info!("cloud settings reloaded; the next request uses them");
                         self.session.retry_now(Instant::now());
                     }
                     self.session.reconfigure(change.session);
                     self.max_batch = change.max_batch;
-                    batch_limit = batch_limit.min(self.max_batch);
+                    sizes.set_max_results(self.max_batch);
                 }
                 _ = self.outbox.changed() => self.session.results_ready(Instant::now()),
                 _ = beat.tick() => {}
@@ -420,14 +397,19 @@ impl Driver {
         }
     }
 
-    /// Events for the next request. At 0 (a request with events was refused), results go
-    /// alone while any are waiting, then events one at a time.
-    fn events_cap(&self, event_limit: usize) -> usize {
-        if event_limit == 0 && self.outbox.owed() <= self.outbox.in_flight_ids().len() {
-            1
-        } else {
-            event_limit
+    /// A request failed: how the session should take it. A refusal of its content
+    /// (400/413/422) narrows what the next requests carry: see `Sizes`, `narrow` and
+    /// `narrow_events`.
+    async fn failed(&self, sizes: &mut Sizes, batch: &mut Batch, e: &RequestError) -> Failure {
+        let failure = e.failure(!batch.results.is_empty() || !batch.events.is_empty());
+        if failure == Failure::Refused {
+            if batch.events.is_empty() {
+                sizes.results = self.narrow(batch, e).await;
+            } else {
+                sizes.events = narrow_events(batch, e);
+            }
         }
+        failure
     }
 
     /// The cloud refused a batch of results only: halve it, and quarantine a lone result
@@ -471,6 +453,58 @@ impl Driver {
     }
 }
 
+/// How many results and events the next request takes. Both shrink when the cloud refuses
+/// a request's content and grow back (doubling) as requests get through.
+#[derive(Debug)]
+struct Sizes {
+    results: usize,
+    max_results: usize,
+    /// 0 after a refused request that held results and events: results then go alone.
+    events: usize,
+    /// At `events == 0`, a results-only request got through: the next takes one event
+    /// alone, so events are not held back for as long as results keep coming.
+    events_turn: bool,
+}
+
+impl Sizes {
+    fn new(max_results: usize) -> Sizes {
+        Sizes {
+            results: max_results,
+            max_results,
+            events: MAX_EVENTS_PER_REQUEST,
+            events_turn: false,
+        }
+    }
+
+    /// (results, events) for the next request.
+    fn next(&mut self, results_waiting: bool) -> (usize, usize) {
+        if self.events > 0 {
+            (self.results, self.events)
+        } else if std::mem::take(&mut self.events_turn) {
+            (0, 1)
+        } else if results_waiting {
+            (self.results, 0)
+        } else {
+            (self.results, 1)
+        }
+    }
+
+    /// A request with `batch` in it got through.
+    fn delivered(&mut self, batch: &Batch) {
+        self.results = (self.results * 2).min(self.max_results);
+        if !batch.events.is_empty() {
+            self.events = (self.events * 2).clamp(1, MAX_EVENTS_PER_REQUEST);
+        } else if self.events == 0 && !batch.results.is_empty() {
+            self.events_turn = true;
+        }
+    }
+
+    fn set_max_results(&mut self, max: usize) {
+        self.max_results = max;
+        self.results = self.results.min(max);
+    }
+}
+
 /// The cloud refused a request that carried events; returns the next requests' event
 /// limit. Results are never blamed here: with results in the request, the next ones carry
 /// results alone (limit 0), and a refusal of those narrows the results. Events alone are
@@ -496,6 +530,61 @@ fn far_future() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::wire::{CommandResult, Event, Status};
+
+    fn batch(results: usize, events: usize) -> Batch {
+        Batch {
+            results: (0..results)
+                .map(|n| CommandResult {
+                    command_id: format!("c{n}"),
+                    status: Status::Ok,
+                    payload: None,
+                    error: None,
+                    items: None,
+                    duration_ms: 0,
+                })
+                .collect(),
+            events: (0..events)
+                .map(|_| Event {
+                    appliance: Some("a".into()),
+                    kind: "event".into(),
+                    payload: serde_json::Value::Null,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_refused_event_never_costs_a_result_nor_starves_the_events() {
+        let refused = RequestError::Status {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            retry_after: None,
+            body: String::new(),
+        };
+        let mut sizes = Sizes::new(100);
+        assert_eq!(sizes.next(true), (100, MAX_EVENTS_PER_REQUEST));
+        // Results and events refused together: results go alone next, untouched.
+        let mut b = batch(10, 3);
+        sizes.events = narrow_events(&mut b, &refused);
+        assert_eq!(b.results.len(), 10, "no result dropped");
+        assert_eq!(b.events.len(), 3, "no event dropped yet");
+        assert_eq!(sizes.next(true), (100, 0));
+        // They got through: one event alone next, even with results still waiting.
+        sizes.delivered(&batch(10, 0));
+        assert_eq!(sizes.next(true), (0, 1));
+        assert_eq!(sizes.next(true), (100, 0), "one turn, then results again");
+        // That lone event is refused: it is dropped, and events go one at a time.
+        let mut b = batch(0, 1);
+        sizes.events = narrow_events(&mut b, &refused);
+        assert!(b.events.is_empty(), "the refused event is dropped");
+        assert_eq!(sizes.next(true), (100, 1));
+        // Events alone are halved; as they get through the limit grows back.
+        let mut b = batch(0, 8);
+        sizes.events = narrow_events(&mut b, &refused);
+        assert_eq!((sizes.events, b.events.len()), (4, 8));
+        sizes.delivered(&batch(0, 4));
+        assert_eq!(sizes.next(false), (100, 8));
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -32,6 +32,9 @@ pub const AUTH_RETRY: Duration = Duration::from_secs(300);
 /// gateway for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// While stopping, a failed flush is tried again this soon (no poll will carry its results).
+const DRAIN_RETRY: Duration = Duration::from_secs(1);
+
 /// Timing knobs, from `[cloud]`.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -104,10 +107,19 @@ pub struct Session {
     more_ready: bool,
     /// The last poll succeeded, so the pooled connection is known and multiplexed.
     link_proven: bool,
+    /// A poll was in flight when the client was replaced: its success proves the old
+    /// client's connection, not the new one's.
+    stale_poll: bool,
+    /// The server set the wait (`poll.wait_s`): a reload's `cloud.poll_wait` does not
+    /// replace it.
+    steered: bool,
     /// An early flush failed (a 503, a 401, a broken stream) or moved nothing: no more
-    /// until the next poll ends, so a cloud shedding load is not sent one request per
-    /// finished result; the results ride that poll.
+    /// until the held poll ends, so a cloud shedding load is not sent one request per
+    /// finished result; the results ride the next poll.
     flush_held: bool,
+    /// Polls started so far, and the number of the one a running flush went out beside.
+    polls: u64,
+    flush_beside: u64,
     failures: u32,
     state: LinkState,
     /// Stopping: no more polls; owed results still go out by flush.
@@ -131,7 +143,11 @@ impl Session {
             last_flush: None,
             more_ready: false,
             link_proven: false,
+            stale_poll: false,
+            steered: false,
             flush_held: false,
+            polls: 0,
+            flush_beside: 0,
             failures: 0,
             state: LinkState::Connecting,
             draining: false,
@@ -152,6 +168,7 @@ impl Session {
     pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
         if !self.draining && !self.poll_in_flight && self.next_poll <= now {
             self.poll_in_flight = true;
+            self.polls += 1;
             // Results that were waiting for a flush ride in this poll instead.
             self.flush_due = None;
             self.more_ready = false;
@@ -171,6 +188,7 @@ impl Session {
         {
             self.flush_due = None;
             self.flush_in_flight = true;
+            self.flush_beside = self.polls;
             self.last_flush = Some(now);
             return Some(Action::Flush);
         }
@@ -205,7 +223,7 @@ impl Session {
 
     /// New timing knobs (after a configuration reload); they apply from the next decision.
     pub fn reconfigure(&mut self, cfg: SessionConfig) {
-        if !self.link_proven || self.cadence.wait_s == self.cfg.poll_wait.as_secs() {
+        if !self.steered {
             self.cadence.wait_s = cfg.poll_wait.as_secs();
         }
         self.cfg = cfg;
@@ -224,6 +242,7 @@ impl Session {
     /// it succeeds.
     pub fn link_changed(&mut self) {
         self.link_proven = false;
+        self.stale_poll = self.poll_in_flight;
     }
 
     /// New results are owed to the cloud.
@@ -248,18 +267,20 @@ impl Session {
         match outcome {
             Ok(cadence) => {
                 if let Some(c) = cadence {
+                    self.steered |= c.wait_s.is_some();
                     self.cadence = Timing {
                         wait_s: c.wait_s.map_or(self.cadence.wait_s, |w| w.min(3600)),
                         interval_s: c.interval_s.unwrap_or(0).min(86_400),
                     };
                 }
                 self.failures = 0;
-                self.link_proven = true;
+                self.link_proven = !std::mem::take(&mut self.stale_poll);
                 self.state = LinkState::Online;
                 self.next_poll = now + Duration::from_secs(self.cadence.interval_s);
             }
             Err(failure) => {
                 self.link_proven = false;
+                self.stale_poll = false;
                 let delay = self.delay_after(failure);
                 self.next_poll = now + delay;
             }
@@ -270,11 +291,20 @@ impl Session {
     /// leaves its results, and any that finish meanwhile, for the next poll.
     pub fn flush_done(&mut self, now: Instant, ok: bool) {
         self.flush_in_flight = false;
-        // While stopping there is no next poll to wait for.
-        if !ok && !self.draining {
+        if ok {
+            if std::mem::take(&mut self.more_ready) {
+                self.results_ready(now);
+            }
+        } else if self.draining {
+            // No poll will carry them: try again shortly, within the stop grace.
+            self.flush_due = Some(now + DRAIN_RETRY);
+        } else if self.poll_in_flight && self.flush_beside == self.polls {
+            // Held until the poll it went out beside ends.
             self.flush_held = true;
-        }
-        if ok && std::mem::take(&mut self.more_ready) {
+        } else {
+            // It outlived its poll; the one held now was built on a fresh answer, so its
+            // results may try once more beside it.
+            self.more_ready = false;
             self.results_ready(now);
         }
     }

@@ -284,9 +284,8 @@ async fn a_replaced_client_is_probed_alone_like_the_first() {
         None,
         "no flush on a cold client"
     );
-    // The held poll's answer came over the old client; the driver says so again.
+    // The held poll's answer came over the old client: it proves nothing about the new.
     s.poll_done(Instant::now(), Ok(None));
-    s.link_changed();
     assert_eq!(
         s.poll_action(Instant::now()),
         Some(Action::Poll {
@@ -328,10 +327,20 @@ async fn a_failed_flush_holds_flushes_until_the_next_poll_ends() {
     ));
     s.results_ready(Instant::now());
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
-    // While stopping there is no next poll: a failed flush does not hold the rest.
+    // A flush that outlives its poll holds nothing: the next poll came of a fresh answer.
+    s.poll_done(Instant::now(), Ok(None));
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
     s.flush_done(Instant::now(), false);
-    s.drain(Instant::now());
     advance(cfg().linger).await;
+    assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
+    // While stopping there is no next poll: a failed flush is tried again shortly.
+    s.drain(Instant::now());
+    s.flush_done(Instant::now(), false);
+    assert_eq!(s.poll_action(Instant::now()), None);
+    advance(Duration::from_secs(1)).await;
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
 }
 
