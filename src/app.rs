@@ -146,14 +146,32 @@ pub struct App {
 /// unreadable, unsafe or malformed file before the service does.
 pub fn check_files(config: &Config) -> Result<(), StartError> {
     Uplink::new(&config.cloud, &config.gateway.id)?;
-    if let (Some(cert), Some(key), Some(_)) = (
-        &config.mqtt.tls_cert,
-        &config.mqtt.tls_key,
-        config.mqtt.tls_listen,
-    ) {
-        mqtt::tls::acceptor(cert, key).map_err(StartError::MqttTls)?;
-    }
+    mqtt_acceptor(config)?;
     Ok(())
+}
+
+/// The MQTT TLS listener's acceptor, when `mqtt.tls_listen` is set.
+fn mqtt_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    match (&config.mqtt.tls_cert, &config.mqtt.tls_key) {
+        (Some(cert), Some(key)) if config.mqtt.tls_listen.is_some() => {
+            mqtt::tls::acceptor(cert, key)
+                .map(Some)
+                .map_err(StartError::MqttTls)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The `[cloud]` settings the HTTP client is built from; the others are session timing,
+/// which a reload applies without a new client (and a new connection).
+fn client_settings(cloud: &crate::config::CloudConfig) -> crate::config::CloudConfig {
+    crate::config::CloudConfig {
+        poll_wait: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        result_linger: Duration::ZERO,
+        max_batch: 0,
+        ..cloud.clone()
+    }
 }
 
 /// A digest of the cloud identity files' contents: a certificate renewed in place (same
@@ -193,9 +211,11 @@ impl App {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         // Set up the uplink first: a bad CA or token file should fail before we listen.
+        // The digest is taken before the client reads the files: a renewal written in
+        // between then shows as a change at the next reload, never as none.
+        let identity = identity_files(&config.cloud);
         let uplink = Uplink::new(&config.cloud, &config.gateway.id)?;
         let token = tls::load_token(&config.cloud)?;
-        let identity = identity_files(&config.cloud);
         let (journal, recovery) = Journal::open(
             &config.gateway.state_dir,
             config.state.sync,
@@ -214,12 +234,7 @@ impl App {
                 payload: serde_json::json!({ "error": reason }),
             });
         }
-        let tls = match (&config.mqtt.tls_cert, &config.mqtt.tls_key) {
-            (Some(cert), Some(key)) if config.mqtt.tls_listen.is_some() => {
-                Some(mqtt::tls::acceptor(cert, key).map_err(StartError::MqttTls)?)
-            }
-            _ => None,
-        };
+        let tls = mqtt_acceptor(config)?;
         let (mqtt, mqtt_addr, mqtt_tls_addr) =
             mqtt::start(config, tls, outbox.clone(), &tracker, cancel.clone()).await?;
         log::info!("mqtt endpoint listening on {mqtt_addr}");
@@ -389,7 +404,10 @@ impl App {
         };
         let mut uplink = None;
         let identity = identity_files(&new.cloud);
-        if new.cloud != old.cloud || token != self.token || identity != self.identity {
+        if client_settings(&new.cloud) != client_settings(&old.cloud)
+            || token != self.token
+            || identity != self.identity
+        {
             match Uplink::new(&new.cloud, &new.gateway.id) {
                 Ok(u) => {
                     uplink = Some(u);

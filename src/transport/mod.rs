@@ -29,6 +29,13 @@ pub struct Dispatch {
     pub deadline: Option<Instant>,
 }
 
+impl Dispatch {
+    /// Whether the TTL has run out at `now`: what was not sent by then never is.
+    pub fn ttl_passed(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|ttl| ttl <= now)
+    }
+}
+
 /// How one appliance's part of a command ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

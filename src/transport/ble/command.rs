@@ -38,7 +38,7 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
     // Scanning needs no link: an appliance not seen yet is waited for before a slot is
     // taken, so absent appliances cannot hold every slot while present ones queue.
     if let Err(e) = shared.radio.find(appliance, until).await {
-        return if d.deadline.is_some_and(|ttl| ttl <= Instant::now()) {
+        return if d.ttl_passed(Instant::now()) {
             Outcome::Expired(format!(
                 "ttl ran out while looking for the appliance ({e}); not sent"
             ))
@@ -48,7 +48,7 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
     }
     let Some(mut permit) = shared.pool.acquire(appliance, until).await else {
         let (_, waiting, max) = shared.pool.usage();
-        return if d.deadline.is_some_and(|ttl| ttl <= Instant::now()) {
+        return if d.ttl_passed(Instant::now()) {
             Outcome::Expired(format!(
                 "ttl ran out waiting for a BLE link (all {max} of ble.max_connections busy, {waiting} more waiting); not sent"
             ))

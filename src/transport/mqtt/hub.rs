@@ -23,6 +23,8 @@ use crate::cloud::wire::{Event, MAX_PAYLOAD_DEPTH, nesting_depth};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Outcome};
 
+const EXPIRED_WAITING: &str = "TTL ran out while waiting for the appliance to connect; not sent";
+
 /// Counters of what the endpoint refused or could not use; each is also logged.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -445,24 +447,28 @@ impl Hub {
         let started = Instant::now();
         let mut tx = Some(tx);
         let conn = loop {
-            // Waiting out the start-up grace must not carry a command past its TTL.
-            if dispatch.deadline.is_some_and(|d| Instant::now() >= d) {
-                return Outcome::Expired(
-                    "TTL ran out while waiting for the appliance to connect; not sent".into(),
-                );
-            }
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             let waiting = match self.claim(id, &dispatch.command_id, &mut tx) {
+                // Woken just as the TTL ran out: not sent after all.
+                Ok(_) if dispatch.ttl_passed(Instant::now()) => {
+                    self.forget(id, &dispatch.command_id);
+                    return Outcome::Expired(EXPIRED_WAITING.into());
+                }
                 Ok(conn) => break conn,
                 Err(Claim::Unreachable(why)) => why,
                 Err(Claim::NotReady(why)) => {
+                    // Waiting out the start-up grace never carries a command past its TTL.
                     let mut until = self.grace_until.min(started + dispatch.timeout);
-                    if let Some(deadline) = dispatch.deadline {
-                        until = until.min(deadline);
+                    if let Some(ttl) = dispatch.deadline {
+                        until = until.min(ttl);
                     }
-                    if Instant::now() >= until {
+                    let now = Instant::now();
+                    if dispatch.ttl_passed(now) {
+                        return Outcome::Expired(EXPIRED_WAITING.into());
+                    }
+                    if now >= until {
                         return Outcome::Unreachable(why.into());
                     }
                     tokio::select! {
