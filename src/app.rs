@@ -7,10 +7,11 @@
 //! uplink driver and the systemd supervisor (STATUS, watchdog). Every task runs on one
 //! [`TaskTracker`] under one [`CancellationToken`].
 //!
-//! Reload ([`App::reload`], on SIGHUP) applies what can change live: appliances, groups,
-//! `[router]`, the two MQTT rates, cloud settings and identity files (a new client), the
-//! log level. Everything else the running tasks took at start (listeners, MQTT timeouts
-//! and sizes, `[ble]`, state and journal settings, gateway id) is reported and kept.
+//! Reload ([`App::reload`], on SIGHUP) applies what can change live, as each config section
+//! classifies its keys (`config::reload`): appliances, groups, `[router]`, the two MQTT
+//! rates, cloud settings and identity files (a new client), the log level. Everything else
+//! the running tasks took at start (listeners, MQTT timeouts and sizes, `[ble]`, state and
+//! journal settings, gateway id) is reported and kept.
 //!
 //! Stop ([`App::shutdown`], on SIGTERM): polling stops (no new commands), running commands
 //! get `gateway.stop_grace` to finish while finished results still go out on the open
@@ -32,7 +33,7 @@ use crate::cloud::driver::{Driver, Reconfigure, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, TransportKind, reload};
 use crate::health::Health;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
@@ -50,75 +51,6 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("mqtt TLS listener: {0}")]
     MqttTls(SetupError),
-}
-
-/// The appliance endpoint belongs on the LAN: say so when its address says otherwise.
-fn warn_if_exposed(key: &str, listen: SocketAddr) {
-    let ip = listen.ip();
-    if is_public(ip) {
-        log::warn!(
-            "{key} {listen} is a public address: the appliance endpoint is reachable from the internet; bind it to the LAN address"
-        );
-    } else if ip.is_unspecified() {
-        let public: Vec<String> = local_addresses()
-            .into_iter()
-            .filter(|a| is_public(*a))
-            .map(|a| a.to_string())
-            .collect();
-        if !public.is_empty() {
-            log::warn!(
-                "{key} {listen} binds every interface, and this host has public address(es) {}: the appliance endpoint is reachable from the internet; bind it to the LAN address",
-                public.join(", ")
-            );
-        }
-    }
-}
-
-fn is_public(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        std::net::IpAddr::V6(v6) => {
-            let seg = v6.segments()[0];
-            // Unique local (fc00::/7) and link-local (fe80::/10) stay on the site.
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (seg & 0xfe00) == 0xfc00
-                || (seg & 0xffc0) == 0xfe80)
-        }
-    }
-}
-
-/// This host's own addresses, from /proc (IPv4: the LOCAL host routes of the FIB; IPv6:
-/// if_inet6). Best effort: an unreadable file means no addresses.
-fn local_addresses() -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    let fib = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
-    let mut last: Option<std::net::Ipv4Addr> = None;
-    for line in fib.lines() {
-        let t = line.trim_start_matches([' ', '|', '+', '-', '`']);
-        if let Ok(a) = t.trim().parse::<std::net::Ipv4Addr>() {
-            last = Some(a);
-        } else if t.trim() == "/32 host LOCAL" {
-            out.extend(last.take().map(std::net::IpAddr::V4));
-        }
-    }
-    let v6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
-    for line in v6.lines() {
-        if let Some(hex) = line.split_whitespace().next()
-            && let Ok(n) = u128::from_str_radix(hex, 16)
-        {
-            out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(n)));
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// A running daemon.
@@ -159,18 +91,6 @@ fn mqtt_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, S
                 .map_err(StartError::MqttTls)
         }
         _ => Ok(None),
-    }
-}
-
-/// The `[cloud]` settings the HTTP client is built from; the others are session timing,
-/// which a reload applies without a new client (and a new connection).
-fn client_settings(cloud: &crate::config::CloudConfig) -> crate::config::CloudConfig {
-    crate::config::CloudConfig {
-        poll_wait: Duration::ZERO,
-        backoff_max: Duration::ZERO,
-        result_linger: Duration::ZERO,
-        max_batch: 0,
-        ..cloud.clone()
     }
 }
 
@@ -241,9 +161,9 @@ impl App {
         if let Some(addr) = mqtt_tls_addr {
             log::info!("mqtt TLS endpoint listening on {addr}");
         }
-        warn_if_exposed("mqtt.listen", config.mqtt.listen);
+        mqtt::exposure::warn_if_exposed("mqtt.listen", config.mqtt.listen);
         if let Some(addr) = mqtt_tls_addr {
-            warn_if_exposed("mqtt.tls_listen", addr);
+            mqtt::exposure::warn_if_exposed("mqtt.tls_listen", addr);
         }
         // --- BLE transport (docs/ble.md): started only when BLE appliances are configured;
         // it never fails to start (a missing adapter is waited for, BLE commands are
@@ -319,66 +239,17 @@ impl App {
         self.watched.status_line()
     }
 
-    /// Applies a reloaded configuration (already validated).
-    pub async fn reload(&mut self, mut new: Config) {
-        let old = &self.config;
-        let (o, n) = (&old.mqtt, &new.mqtt);
-        // Everything the running tasks took at start; only the appliance list and the two
-        // rates of `[mqtt]` are applied live.
-        let fixed = [
-            ("gateway.id", old.gateway.id != new.gateway.id),
-            (
-                "gateway.state_dir",
-                old.gateway.state_dir != new.gateway.state_dir,
-            ),
-            (
-                "gateway.stop_grace",
-                old.gateway.stop_grace != new.gateway.stop_grace,
-            ),
-            ("mqtt.listen", o.listen != n.listen),
-            ("mqtt.topic_prefix", o.topic_prefix != n.topic_prefix),
-            ("mqtt.max_payload", o.max_payload != n.max_payload),
-            (
-                "mqtt.max_connections",
-                o.max_connections != n.max_connections,
-            ),
-            (
-                "mqtt.connect_timeout",
-                o.connect_timeout != n.connect_timeout,
-            ),
-            ("mqtt.idle_timeout", o.idle_timeout != n.idle_timeout),
-            ("mqtt.max_events", o.max_events != n.max_events),
-            ("mqtt.startup_grace", o.startup_grace != n.startup_grace),
-            ("mqtt.tls_listen", o.tls_listen != n.tls_listen),
-            ("mqtt.tls_cert", o.tls_cert != n.tls_cert),
-            ("mqtt.tls_key", o.tls_key != n.tls_key),
-            ("ble", old.ble != new.ble),
-            ("state.sync", old.state.sync != new.state.sync),
-            (
-                "state.max_journal_bytes",
-                old.state.max_journal_bytes != new.state.max_journal_bytes,
-            ),
-            ("log.target", old.log.target != new.log.target),
-        ];
-        for (key, changed) in fixed {
-            if changed {
-                log::warn!(
-                    "reload: {key} changed; it takes effect at the next restart (kept as it was)"
-                );
-            }
+    /// Applies a reloaded configuration (already validated): what each key's section
+    /// classifies as live at once, the rest logged and kept (`config::reload`).
+    pub async fn reload(&mut self, new: Config) {
+        let merged = reload::merge(&self.config, new);
+        for key in &merged.kept {
+            log::warn!(
+                "reload: {key} changed; it takes effect at the next restart (kept as it was)"
+            );
         }
-        new.gateway.id = old.gateway.id.clone();
-        new.gateway.state_dir = old.gateway.state_dir.clone();
-        new.gateway.stop_grace = old.gateway.stop_grace;
-        new.mqtt = crate::config::MqttConfig {
-            max_event_rate: new.mqtt.max_event_rate,
-            max_connect_rate: new.mqtt.max_connect_rate,
-            ..old.mqtt.clone()
-        };
-        new.ble = old.ble.clone();
-        new.state = old.state.clone();
-        new.log.target = old.log.target;
-
+        let old = &self.config;
+        let mut new = merged.config;
         crate::logging::set_level(new.log.level_filter());
         match (&self.ble, new.has_ble()) {
             (Some(ble), _) => ble.reconfigure(&new),
@@ -404,10 +275,7 @@ impl App {
         };
         let mut uplink = None;
         let identity = identity_files(&new.cloud);
-        if client_settings(&new.cloud) != client_settings(&old.cloud)
-            || token != self.token
-            || identity != self.identity
-        {
+        if merged.new_client || token != self.token || identity != self.identity {
             match Uplink::new(&new.cloud, &new.gateway.id) {
                 Ok(u) => {
                     uplink = Some(u);
@@ -468,35 +336,5 @@ impl App {
             self.outbox.owed()
         );
         self.journal.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn public_and_site_addresses_are_told_apart() {
-        for a in [
-            "192.168.1.5",
-            "10.0.0.1",
-            "172.16.3.4",
-            "127.0.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "fd00::1",
-            "fe80::1",
-            "::1",
-        ] {
-            assert!(!is_public(a.parse().unwrap()), "{a}");
-        }
-        for a in ["8.8.4.4", "203.0.113.7", "2001:db8::1"] {
-            assert!(is_public(a.parse().unwrap()), "{a}");
-        }
-        assert!(
-            local_addresses().iter().any(|a| a.is_loopback()),
-            "{:?}",
-            local_addresses()
-        );
     }
 }

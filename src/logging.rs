@@ -12,18 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use log::kv::{Key, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
-use serde::Deserialize;
 use systemd_journal_logger::JournalLog;
 
-/// Where log records go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogTarget {
-    /// journald when stderr is connected to it (systemd sets `JOURNAL_STREAM`), else stderr.
-    Auto,
-    Journal,
-    Stderr,
-}
+pub use crate::config::{LogTarget, parse_level};
 
 /// The level for this crate's records; others are capped at `warn`.
 static LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
@@ -88,11 +79,6 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
         self.0.push_str(&value.to_string());
         Ok(())
     }
-}
-
-/// Parses a level name (`error`, `warn`, `info`, `debug`, `trace`, `off`).
-pub fn parse_level(s: &str) -> Option<LevelFilter> {
-    s.trim().parse().ok()
 }
 
 fn env_level() -> Option<LevelFilter> {

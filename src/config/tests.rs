@@ -376,3 +376,46 @@ fn zero_sized_bounds_are_refused_by_key_and_line() {
         "{p:#?}"
     );
 }
+
+/// One pass finds every problem: a value of the wrong type does not hide the rules'
+/// findings in its own section or the others, and a missing required key is one problem
+/// among the rest, not the only one.
+#[test]
+fn a_type_error_does_not_hide_the_other_problems() {
+    let text = r#"
+[gateway]
+state_dir = "relative"
+
+[cloud]
+url = "http://insecure.example.com"
+poll_wait = "soon"
+max_batch = 0
+
+[router]
+max_pending = "many"
+default_timeout = "0s"
+"#;
+    let p = problems(text);
+    assert!(has(&p, "gateway.id", Some(2)), "{p:#?}");
+    assert!(has(&p, "gateway.state_dir", Some(3)), "{p:#?}");
+    assert!(has(&p, "cloud.url", Some(6)), "{p:#?}");
+    assert!(has(&p, "cloud.poll_wait", Some(7)), "{p:#?}");
+    assert!(has(&p, "cloud.max_batch", Some(8)), "{p:#?}");
+    assert!(has(&p, "router.max_pending", Some(11)), "{p:#?}");
+    assert!(has(&p, "router.default_timeout", Some(12)), "{p:#?}");
+    assert_eq!(p.len(), 7, "one problem per key: {p:#?}");
+}
+
+/// A group naming an appliance whose own entry is refused reports the entry, not the group.
+#[test]
+fn a_refused_appliance_is_not_also_unknown_to_its_group() {
+    let text = format!(
+        "{MINIMAL}\n[[appliance]]\nid = \"fan\"\ntransport = \"pigeon\"\n\n[groups]\ng = [\"lamp-1\", \"fan\"]\n"
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|x| x.key == "appliance[1].transport"),
+        "{p:#?}"
+    );
+    assert!(!p.iter().any(|x| x.key.starts_with("groups")), "{p:#?}");
+}

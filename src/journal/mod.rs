@@ -28,16 +28,7 @@ pub use store::{Interrupted, Recovery, now_ms};
 /// Finished command ids kept to refuse replays; the oldest are forgotten first.
 pub const DEDUP_MEMORY: usize = 65_536;
 
-/// How commits reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// fsync on every commit: a power cut loses nothing that was acknowledged.
-    Full,
-    /// fsync at checkpoints only: a power cut may lose the last commits (a crash of the
-    /// daemon alone loses nothing).
-    Normal,
-}
+pub use crate::config::SyncMode;
 
 /// Why the journal could not do something.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -5,12 +5,7 @@
 //! parsers for the UUIDs and addresses in the config (used by its validator and by the
 //! transport, so both read them the same way).
 
-use std::str::FromStr;
-
-use btleplug::api::BDAddr;
-use serde::Deserialize;
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::cloud::wire::{MAX_PAYLOAD_DEPTH, nesting_depth};
 
@@ -18,20 +13,7 @@ use crate::cloud::wire::{MAX_PAYLOAD_DEPTH, nesting_depth};
 /// splits a longer write into a prepared (long) write, but no attribute takes more.
 pub const MAX_ATTRIBUTE: usize = 512;
 
-/// How payloads are carried over the air (`encoding` in `[[appliance]]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// The payload serialized as JSON; the answer must be JSON.
-    #[default]
-    Json,
-    /// The payload must be a string, sent as its UTF-8 bytes; the answer is text.
-    Utf8,
-    /// The payload is a string of hex digits; the answer is given as lowercase hex.
-    Hex,
-    /// The payload is a standard base64 string; the answer is given as base64.
-    Base64,
-}
+pub use crate::config::{Encoding, parse_address, parse_uuid};
 
 impl Encoding {
     pub fn as_str(self) -> &'static str {
@@ -193,35 +175,6 @@ fn base64_decode(text: &str) -> Result<Vec<u8>, CodecError> {
         }
     }
     Ok(out)
-}
-
-/// A GATT UUID: the 128-bit form, or a 16-bit SIG short form (`180d`) on the Bluetooth
-/// base UUID.
-pub fn parse_uuid(text: &str) -> Result<Uuid, String> {
-    let text = text.trim();
-    if text.len() == 4 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let short = u32::from_str_radix(text, 16).map_err(|e| e.to_string())?;
-        return Ok(Uuid::from_u128(
-            (u128::from(short) << 96) | 0x0000_0000_0000_1000_8000_0080_5f9b_34fb,
-        ));
-    }
-    if text.len() != 36 {
-        return Err(format!(
-            "{text:?} is not a UUID (want 0000ffe0-0000-1000-8000-00805f9b34fb or a 16-bit short form like \"ffe0\")"
-        ));
-    }
-    Uuid::parse_str(text).map_err(|e| format!("{text:?} is not a UUID: {e}"))
-}
-
-/// A Bluetooth device address, `AA:BB:CC:DD:EE:FF` (any case).
-pub fn parse_address(text: &str) -> Result<BDAddr, String> {
-    if text.len() != 17 {
-        return Err(format!(
-            "{text:?} is not a Bluetooth address (want AA:BB:CC:DD:EE:FF)"
-        ));
-    }
-    BDAddr::from_str(text)
-        .map_err(|e| format!("{text:?} is not a Bluetooth address (want AA:BB:CC:DD:EE:FF): {e}"))
 }
 
 #[cfg(test)]

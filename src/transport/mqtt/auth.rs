@@ -42,14 +42,7 @@ impl PartialEq for Secret {
     }
 }
 
-/// Checks that a configured hash is a well-formed Argon2 PHC string.
-pub fn check_hash(hash: &str) -> Result<(), String> {
-    argon2::password_hash::phc::PasswordHash::new(hash)
-        .map(|_| ())
-        .map_err(|e| {
-            format!("not a valid Argon2 PHC string ({e}); make one with `tetherd hash-password`")
-        })
-}
+pub use crate::config::check_hash;
 
 /// Hashes a password with Argon2id and a random salt (the `hash-password` command).
 pub fn hash(password: &str) -> Result<String, String> {

@@ -24,6 +24,7 @@ use crate::transport::{Dispatch, Outcome};
 
 pub mod auth;
 mod conn;
+pub mod exposure;
 pub mod hub;
 pub mod limits;
 pub mod tls;
