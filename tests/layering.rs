@@ -154,7 +154,9 @@ fn the_library_has_no_import_cycles() {
     // The bottom stays the bottom.
     for bottom in ["config", "cloud::wire"] {
         assert!(
-            edges.get(bottom).is_none_or(|to| to.iter().all(|t| t == "config" || t == "cloud::wire")),
+            edges
+                .get(bottom)
+                .is_none_or(|to| to.iter().all(|t| t == "config" || t == "cloud::wire")),
             "{bottom} imports {:?}",
             edges.get(bottom)
         );

@@ -73,8 +73,10 @@ pub trait Section: Serialize + DeserializeOwned + Clone {
     }
 }
 
-/// The sections, in the order the example file documents them.
-const SECTIONS: &str = "gateway, cloud, mqtt, router, state, ble, log, appliance, groups";
+/// The sections, in the order the example file documents them (the parser's match lists
+/// them again; a test keeps the two the same).
+pub(crate) const SECTIONS: &str =
+    "gateway, cloud, mqtt, router, state, ble, log, appliance, groups";
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -419,3 +419,22 @@ fn a_refused_appliance_is_not_also_unknown_to_its_group() {
     );
     assert!(!p.iter().any(|x| x.key.starts_with("groups")), "{p:#?}");
 }
+
+/// The list the "unknown section" message gives is the list the parser takes.
+#[test]
+fn the_sections_named_in_the_error_are_the_ones_parsed() {
+    for name in SECTIONS.split(", ") {
+        let text = if name == "appliance" {
+            format!("{MINIMAL}\n[[appliance]]\nid = \"x\"\n")
+        } else {
+            format!("{MINIMAL}\n[{name}]\n")
+        };
+        let p = Config::parse(&text).err().unwrap_or_default();
+        assert!(
+            !p.iter().any(|p| p.message.contains("unknown section")),
+            "{name}: {p:#?}"
+        );
+    }
+    let p = problems(&format!("{MINIMAL}\n[extra]\n"));
+    assert!(p[0].message.contains(SECTIONS), "{p:#?}");
+}
