@@ -25,14 +25,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cloud::wire::{Command, CommandResult, Event, ItemResult, Status, Target};
+use crate::cloud::wire::{
+    Command, CommandResult, Event, ItemResult, MAX_COMMAND_ID, Status, Target,
+};
 use crate::config::{Config, RouterConfig, TransportKind};
 use crate::journal::{Interrupted, Journal, NewCommand, now_ms};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Transports};
-
-/// Longest command id accepted.
-pub const MAX_COMMAND_ID: usize = 128;
 
 /// Shared handle to the router.
 #[derive(Clone)]

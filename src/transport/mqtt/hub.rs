@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Secret, Verifier};
 use super::limits::{Bucket, Take};
 use super::topic::{self, ResultMessage};
-use crate::cloud::wire::{Event, MAX_PAYLOAD_DEPTH, nesting_depth};
+use crate::cloud::wire::{Event, MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Outcome};
 
@@ -338,7 +338,7 @@ impl Hub {
             Ok(m) => m,
             Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
         };
-        if msg.id.len() > crate::router::MAX_COMMAND_ID {
+        if msg.id.len() > MAX_COMMAND_ID {
             return self.malformed(id, "result id is longer than any command id");
         }
         let msg = match msg.payload.as_ref().map(nesting_depth) {
