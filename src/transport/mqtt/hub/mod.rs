@@ -4,6 +4,11 @@
 //! violations here; [`Hub::execute`] (called by the router through `MqttHandle`) looks an
 //! appliance up, hands the command to its connection and waits for the correlated result.
 //! All state sits behind one std `Mutex`, held only for map updates, never across `.await`.
+//!
+//! This file holds that state and the connections' life (authenticate, attach, detach,
+//! subscribe, presence); `inbound.rs` handles what appliances publish (results, status,
+//! events, and refusals, within the event budget); `dispatch.rs` sends a command and
+//! waits for its answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -11,19 +16,19 @@ use std::sync::{Arc, Mutex};
 
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{LastWill, Publish};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Secret, Verifier};
-use super::limits::{Bucket, Take};
-use super::topic::{self, ResultMessage};
-use crate::cloud::wire::{Event, MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
+use super::limits::Bucket;
+use crate::cloud::wire::Event;
 use crate::outbox::Outbox;
-use crate::transport::{Dispatch, Outcome};
+use crate::transport::Outcome;
 
-const EXPIRED_WAITING: &str = "TTL ran out while waiting for the appliance to connect; not sent";
+mod dispatch;
+mod inbound;
 
 /// Counters of what the endpoint refused or could not use; each is also logged.
 #[derive(Debug, Default)]
@@ -252,143 +257,6 @@ impl Hub {
         self.ready.notify_waiters();
     }
 
-    /// An allowed or denied PUBLISH from appliance `id`.
-    pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) {
-        match topic::classify_publish(&self.prefix, id, topic_name) {
-            None => self.deny(id, &format!("publish to {topic_name:?}")),
-            Some(topic::Inbound::Result) => self.result(id, payload),
-            Some(topic::Inbound::Status) => match payload {
-                b"online" => self.set_reported_offline(id, false),
-                b"offline" => self.set_reported_offline(id, true),
-                _ => self.malformed(id, "status must be \"online\" or \"offline\""),
-            },
-            Some(topic::Inbound::Events) => {
-                if !self.admit_event(id) {
-                    return;
-                }
-                match serde_json::from_slice::<Value>(payload) {
-                    Ok(payload) if nesting_depth(&payload) > MAX_PAYLOAD_DEPTH => self
-                        .report_malformed(
-                            id,
-                            &format!("event nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
-                        ),
-                    Ok(payload) => self.outbox.push_event(Event {
-                        appliance: Some(id.to_owned()),
-                        kind: "event".into(),
-                        payload,
-                    }),
-                    Err(e) => self.report_malformed(id, &format!("event is not JSON: {e}")),
-                }
-            }
-        }
-    }
-
-    /// Whether appliance `id` may raise one more event now (`mqtt.max_event_rate`). A
-    /// refused one is counted; the first of a spell is logged, and when events flow again
-    /// the cloud gets one `rate_limited` event with the number dropped.
-    fn admit_event(&self, id: &str) -> bool {
-        let rate = f64::from(self.event_rate.load(Ordering::Relaxed));
-        let burst = rate * 2.0;
-        let now = Instant::now();
-        let (take, dropped) = {
-            let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(id) else {
-                return true;
-            };
-            let take = slot
-                .events
-                .get_or_insert_with(|| Bucket::full(burst, now))
-                .take(rate, burst, now);
-            match take {
-                Take::Granted => (take, std::mem::take(&mut slot.events_dropped)),
-                Take::Refused { .. } => {
-                    slot.events_dropped += 1;
-                    (take, 0)
-                }
-            }
-        };
-        match take {
-            Take::Granted => {
-                if dropped > 0 {
-                    log::info!(appliance = id, dropped = dropped; "appliance back under mqtt.max_event_rate; {dropped} event(s) were dropped");
-                    self.outbox.push_event(Event {
-                        appliance: Some(id.to_owned()),
-                        kind: "rate_limited".into(),
-                        payload: json!({ "dropped": dropped }),
-                    });
-                }
-                true
-            }
-            Take::Refused { first } => {
-                let n = self
-                    .stats
-                    .events_rate_limited
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1;
-                if first {
-                    log::warn!(appliance = id, count = n; "appliance exceeds mqtt.max_event_rate; dropping its events until it slows down");
-                }
-                false
-            }
-        }
-    }
-
-    fn result(&self, id: &str, payload: &[u8]) {
-        let msg: ResultMessage = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
-        };
-        if msg.id.len() > MAX_COMMAND_ID {
-            return self.malformed(id, "result id is longer than any command id");
-        }
-        let msg = match msg.payload.as_ref().map(nesting_depth) {
-            Some(depth) if depth > MAX_PAYLOAD_DEPTH => ResultMessage {
-                ok: false,
-                payload: None,
-                error: Some(format!(
-                    "appliance answered with a payload nested {depth} levels deep; the limit is {MAX_PAYLOAD_DEPTH}"
-                )),
-                ..msg
-            },
-            _ => msg,
-        };
-        let waiter = self
-            .lock()
-            .get_mut(id)
-            .and_then(|s| s.waiting.remove(&msg.id));
-        let Some(tx) = waiter else {
-            let n = self.stats.unknown_results.fetch_add(1, Ordering::Relaxed) + 1;
-            // Counted always; logged within the appliance's event budget.
-            if self.admit_event(id) {
-                log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
-                    "result for a command that is not waiting (late, repeated or unknown); dropped");
-            }
-            return;
-        };
-        let outcome = if msg.ok {
-            Outcome::Ok(msg.payload)
-        } else {
-            Outcome::Error(
-                msg.error
-                    .unwrap_or_else(|| "appliance reported failure".into()),
-            )
-        };
-        let _ = tx.send(outcome);
-    }
-
-    fn set_reported_offline(&self, id: &str, offline: bool) {
-        let changed = match self.lock().get_mut(id) {
-            Some(slot) if slot.reported_offline != offline => {
-                slot.reported_offline = offline;
-                slot.conn.is_some()
-            }
-            _ => false,
-        };
-        if changed && self.admit_event(id) {
-            self.presence(id, if offline { "offline" } else { "online" });
-        }
-    }
-
     fn presence(&self, id: &str, kind: &str) {
         log::info!(appliance = id, transport = "mqtt"; "appliance {kind}");
         self.outbox.push_event(Event {
@@ -398,145 +266,6 @@ impl Hub {
         });
     }
 
-    /// An access-control refusal: counted, logged and reported upstream.
-    pub fn deny(&self, id: &str, what: &str) {
-        let n = self.stats.denied.fetch_add(1, Ordering::Relaxed) + 1;
-        if !self.admit_event(id) {
-            return;
-        }
-        log::warn!(appliance = id, count = n; "denied {what}: outside the appliance's own topics");
-        self.outbox.push_event(Event {
-            appliance: Some(id.to_owned()),
-            kind: "denied".into(),
-            payload: json!({ "what": what }),
-        });
-    }
-
-    pub fn malformed(&self, id: &str, what: &str) {
-        if self.admit_event(id) {
-            self.report_malformed(id, what);
-        } else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// `malformed` once the event budget was already charged.
-    fn report_malformed(&self, id: &str, what: &str) {
-        let n = self.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-        log::warn!(appliance = id, count = n; "malformed message: {what}");
-        self.outbox.push_event(Event {
-            appliance: Some(id.to_owned()),
-            kind: "malformed".into(),
-            payload: json!({ "error": what }),
-        });
-    }
-
-    /// Sends one command to appliance `id` and waits for its result.
-    pub async fn execute(&self, id: &str, dispatch: Dispatch) -> Outcome {
-        let body = json!({ "id": dispatch.command_id, "payload": dispatch.payload });
-        let body = match serde_json::to_vec(&body) {
-            Ok(b) if b.len() <= self.max_payload => b,
-            _ => {
-                return Outcome::Error(format!(
-                    "command does not fit the MQTT payload limit of {} bytes",
-                    self.max_payload
-                ));
-            }
-        };
-        let (tx, rx) = oneshot::channel();
-        let started = Instant::now();
-        let mut tx = Some(tx);
-        let conn = loop {
-            let ready = self.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            let waiting = match self.claim(id, &dispatch.command_id, &mut tx) {
-                // Woken just as the TTL ran out: not sent after all.
-                Ok(_) if dispatch.ttl_passed(Instant::now()) => {
-                    self.forget(id, &dispatch.command_id);
-                    return Outcome::Expired(EXPIRED_WAITING.into());
-                }
-                Ok(conn) => break conn,
-                Err(Claim::Unreachable(why)) => why,
-                Err(Claim::NotReady(why)) => {
-                    // Waiting out the start-up grace never carries a command past its TTL.
-                    let mut until = self.grace_until.min(started + dispatch.timeout);
-                    if let Some(ttl) = dispatch.deadline {
-                        until = until.min(ttl);
-                    }
-                    let now = Instant::now();
-                    if dispatch.ttl_passed(now) {
-                        return Outcome::Expired(EXPIRED_WAITING.into());
-                    }
-                    if now >= until {
-                        return Outcome::Unreachable(why.into());
-                    }
-                    tokio::select! {
-                        _ = ready => continue,
-                        _ = tokio::time::sleep_until(until) => continue,
-                    }
-                }
-            };
-            return Outcome::Unreachable(waiting.into());
-        };
-        let (conn_tx, qos) = conn;
-        let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
-        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
-            self.forget(id, &dispatch.command_id);
-            return match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    Outcome::Unreachable("appliance is not reading its connection".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    Outcome::Unreachable("appliance disconnected".into())
-                }
-            };
-        }
-        match tokio::time::timeout(dispatch.timeout, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::Interrupted("endpoint shut down before the answer".into()),
-            Err(_) => {
-                self.forget(id, &dispatch.command_id);
-                Outcome::Timeout
-            }
-        }
-    }
-
-    /// Registers `command_id` as waiting on appliance `id` if it can take a command now.
-    fn claim(
-        &self,
-        id: &str,
-        command_id: &str,
-        tx: &mut Option<oneshot::Sender<Outcome>>,
-    ) -> Result<(mpsc::Sender<ToConn>, QoS), Claim> {
-        let mut slots = self.lock();
-        let Some(slot) = slots.get_mut(id) else {
-            return Err(Claim::Unreachable("not an MQTT appliance"));
-        };
-        let Some(conn) = &slot.conn else {
-            return Err(Claim::NotReady("appliance is not connected"));
-        };
-        if slot.reported_offline {
-            return Err(Claim::Unreachable("appliance reported offline"));
-        }
-        let Some(qos) = slot.subscription else {
-            return Err(Claim::NotReady(
-                "appliance is not subscribed to its cmd topic",
-            ));
-        };
-        let conn_tx = conn.tx.clone();
-        if let Some(tx) = tx.take() {
-            slot.waiting.insert(command_id.to_owned(), tx);
-        }
-        Ok((conn_tx, qos))
-    }
-
-    fn forget(&self, id: &str, command_id: &str) {
-        if let Some(slot) = self.lock().get_mut(id) {
-            slot.waiting.remove(command_id);
-        }
-    }
-
     /// Appliances connected and not reporting offline.
     pub fn online(&self) -> usize {
         self.lock()
@@ -544,11 +273,4 @@ impl Hub {
             .filter(|s| s.conn.is_some() && !s.reported_offline)
             .count()
     }
-}
-
-enum Claim {
-    /// Will not change by waiting.
-    Unreachable(&'static str),
-    /// May change once the appliance (re)connects and subscribes.
-    NotReady(&'static str),
 }
