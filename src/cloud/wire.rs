@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Longest command id accepted, in bytes (`docs/protocol.md`: a string of 1 to 128 bytes).
+/// An appliance's result names its command by this id, so a longer one answers nothing.
+pub const MAX_COMMAND_ID: usize = 128;
+
 /// Deepest nesting accepted in an appliance's answer or event. serde_json refuses input
 /// nested deeper than 128 levels, and the gateway wraps a payload in up to four levels of
 /// its own (result, items, request body), so a payload near that limit would be journalled

@@ -21,9 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cloud::wire::CommandResult;
 
 pub mod inspect;
+mod open;
 mod store;
 
-pub use store::{Interrupted, Recovery, now_ms};
+pub use open::{Interrupted, Recovery};
+pub use store::now_ms;
 
 /// Finished command ids kept to refuse replays; the oldest are forgotten first.
 pub const DEDUP_MEMORY: usize = 65_536;

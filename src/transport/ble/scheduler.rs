@@ -3,7 +3,7 @@
 //! A Pi's controller manages a handful of links at once (`ble.max_connections`, default 4),
 //! and when every waiter retries at once BlueZ produces connection-slot storms. So links
 //! are a scheduled resource: [`Slots`] is a pure state machine (no I/O, time passed in) that
-//! the async wrapper in `slots.rs` drives. Rules:
+//! the async wrapper in `pool.rs` drives. Rules:
 //!
 //! * A link is `Busy` (a command holds it, connecting or exchanging), `Idle` (kept open for
 //!   the appliance's next command) or `Closing` (being disconnected). All three count

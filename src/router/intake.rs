@@ -1,0 +1,229 @@
+//! Taking commands in: from a poll response ([`Router::submit`]) or from what a previous
+//! run left in the journal ([`Router::recover`]), to jobs queued on appliances' lanes, or
+//! to an immediate `rejected`/`expired`/`interrupted` result.
+//!
+//! Called by the uplink driver (submit) and by `app` at start (recover). It asks
+//! `targets.rs` whether a command may run and where, starts a lane's worker (`worker.rs`)
+//! when the lane was idle, and answers refused targets through `aggregate.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::worker::Worker;
+use super::{Job, Pending, Router, millis};
+use crate::cloud::wire::{
+    Command, CommandResult, Event, ItemResult, MAX_COMMAND_ID, Status, Target,
+};
+use crate::journal::{Interrupted, NewCommand, now_ms};
+
+impl Router {
+    /// Accepts the commands of one poll response. Every new command either starts, or
+    /// gets a `rejected`/`expired` result at once; a repeated id is ignored (its result,
+    /// if any, is still owed and will be re-sent; if running, it is listed in `pending`).
+    /// If the journal cannot record them, none is accepted: the cloud keeps them.
+    pub async fn submit(&self, commands: Vec<Value>) {
+        let now = Instant::now();
+        let mut entries = Vec::with_capacity(commands.len());
+        for raw in commands {
+            let id = raw
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty() && id.len() <= MAX_COMMAND_ID)
+                .map(str::to_owned);
+            let Some(id) = id else {
+                self.unanswerable();
+                continue;
+            };
+            let parsed = serde_json::from_value::<Command>(raw.clone())
+                .map_err(|e| format!("malformed command: {e}"));
+            entries.push((id, raw, parsed));
+        }
+        let records = entries
+            .iter()
+            .map(|(id, raw, parsed)| {
+                let idempotent = parsed.as_ref().is_ok_and(|c| c.idempotent);
+                NewCommand {
+                    id: id.clone(),
+                    // Only an idempotent command is ever run again from its record.
+                    body: if idempotent {
+                        raw.to_string()
+                    } else {
+                        String::new()
+                    },
+                    idempotent,
+                }
+            })
+            .collect();
+        let fresh = match self.shared.journal.record_commands(records).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                log::error!(
+                    "cannot journal {} command(s), leaving them with the cloud: {e}",
+                    entries.len()
+                );
+                return;
+            }
+        };
+        let mut repeated = Vec::new();
+        for ((id, _, parsed), fresh) in entries.into_iter().zip(fresh) {
+            if !fresh {
+                log::debug!(command_id = id.as_str(); "repeated command id ignored");
+                repeated.push(id);
+                continue;
+            }
+            match parsed {
+                Ok(cmd) => {
+                    let deadline = cmd.ttl_ms.map(|ms| now + Duration::from_millis(ms));
+                    self.begin(cmd, now, deadline).await;
+                }
+                Err(why) => self.finish_now(&id, now, Status::Rejected, why).await,
+            }
+        }
+        // The cloud resent these: it lacks their results. Any still owed go out first.
+        self.shared.outbox.want(repeated);
+    }
+
+    /// Settles the commands a previous run left running: an idempotent one runs again
+    /// (with what is left of its TTL), any other becomes `interrupted`.
+    pub async fn recover(&self, running: Vec<Interrupted>) {
+        let now = Instant::now();
+        for c in running {
+            let cmd = serde_json::from_str::<Command>(&c.body)
+                .ok()
+                .filter(|_| c.idempotent);
+            let Some(cmd) = cmd else {
+                let why = "the gateway restarted while the command ran; the appliance may or may not have acted";
+                self.finish_now(&c.id, now, Status::Interrupted, why.into())
+                    .await;
+                continue;
+            };
+            let deadline = match cmd.ttl_ms {
+                None => None,
+                Some(ttl) => {
+                    // Wall-clock time is all that survives a restart; a clock that went
+                    // backwards (no RTC, no NTP yet) cannot prove the TTL is still good.
+                    let elapsed = now_ms() - c.received_at_ms;
+                    let left = i64::try_from(ttl).unwrap_or(i64::MAX) - elapsed;
+                    if elapsed < 0 || left <= 0 {
+                        let why = "ttl ran out while the gateway restarted".to_owned();
+                        self.finish_now(&c.id, now, Status::Expired, why).await;
+                        continue;
+                    }
+                    Some(now + Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+                }
+            };
+            if let Err(e) = self.shared.journal.rerun(vec![c.id.clone()]).await {
+                log::warn!(command_id = c.id.as_str(); "cannot count the re-run in the journal: {e}");
+            }
+            log::info!(command_id = c.id.as_str(); "idempotent command interrupted by a restart; running it again");
+            self.begin(cmd, now, deadline).await;
+        }
+    }
+
+    async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>) {
+        let routing = self.shared.routing();
+        let targets = match self.validate(&routing, &cmd) {
+            Ok(t) => t,
+            Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
+        };
+        if cmd.ttl_ms == Some(0) {
+            return self
+                .finish_now(&cmd.id, now, Status::Expired, "ttl was 0".into())
+                .await;
+        }
+        let multi = !matches!(&cmd.target, Target::One(t) if !t.starts_with("group:"));
+        let timeout = cmd
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(routing.cfg.default_timeout);
+        let payload = Arc::new(cmd.payload);
+        let mut refused = Vec::new();
+        let mut idle = Vec::new();
+        {
+            let mut state = self.shared.lock();
+            state.pending.insert(
+                cmd.id.clone(),
+                Pending {
+                    received: now,
+                    multi,
+                    items: vec![None; targets.len()],
+                    remaining: targets.len(),
+                },
+            );
+            for (index, target) in targets.iter().enumerate() {
+                // `validate` checked every target is configured.
+                let Some(&kind) = routing.appliances.get(target) else {
+                    refused.push((index, target.clone(), "appliance is not configured"));
+                    continue;
+                };
+                let lane = match state.lanes.get_mut(target) {
+                    Some(lane) => lane,
+                    None => {
+                        idle.push(target.clone());
+                        state.lanes.entry(target.clone()).or_default()
+                    }
+                };
+                if lane.len() >= routing.cfg.max_queue_per_appliance {
+                    refused.push((index, target.clone(), "appliance queue is full"));
+                    continue;
+                }
+                lane.push_back(Job {
+                    kind,
+                    command_id: cmd.id.clone(),
+                    index,
+                    payload: payload.clone(),
+                    deadline,
+                    timeout,
+                });
+            }
+        }
+        for appliance in idle {
+            let worker = Worker {
+                appliance,
+                transports: self.shared.transports.clone(),
+                shared: self.shared.clone(),
+            };
+            self.shared
+                .tracker
+                .spawn(worker.run(self.shared.cancel.clone()));
+        }
+        log::info!(command_id = cmd.id.as_str(), targets = targets.len(); "command accepted");
+        for (index, target, why) in refused {
+            let item = ItemResult {
+                target,
+                status: Status::Rejected,
+                payload: None,
+                error: Some(why.into()),
+                duration_ms: 0,
+            };
+            self.shared.complete_item(&cmd.id, index, item).await;
+        }
+    }
+
+    /// A command without a usable id cannot be answered: report it as an event.
+    fn unanswerable(&self) {
+        let why = "command has no usable id (a string of 1 to 128 bytes)";
+        log::warn!("dropped a command: {why}");
+        self.shared.outbox.push_event(Event {
+            appliance: None,
+            kind: "malformed".into(),
+            payload: json!({ "what": "command", "error": why }),
+        });
+    }
+
+    async fn finish_now(&self, id: &str, received: Instant, status: Status, error: String) {
+        log::warn!(command_id = id, status = status.as_str(); "command not run: {error}");
+        let result = CommandResult {
+            command_id: id.to_owned(),
+            status,
+            payload: None,
+            error: Some(error),
+            items: None,
+            duration_ms: millis(received.elapsed()),
+        };
+        self.shared.outbox.push_result(result).await;
+    }
+}

@@ -1,0 +1,201 @@
+//! The router: turns cloud commands into per-appliance work and work back into results.
+//!
+//! The uplink driver calls [`Router::submit`] with a poll response's commands; the router
+//! validates each one, resolves its targets (an id, a list, or `group:NAME`), and queues one
+//! job per target on that appliance's lane. A lane's worker runs its jobs one at a time, in
+//! order (appliances run concurrently), checking the TTL just before dispatch. Lanes and
+//! workers exist only while an appliance has work: an idle fleet of a thousand appliances
+//! costs no task and no queue per appliance.
+//! When every target of a command has finished, the aggregated result goes to the
+//! [`Outbox`]. The driver asks the router which commands are pending and how many more it
+//! can take (the advertised capacity).
+//!
+//! Every command id is recorded in the [`Journal`] before anything is done with it; the
+//! journal answers which ids are new, so a replayed id is never dispatched twice, even
+//! across restarts. At start, [`Router::recover`] settles what a previous run left
+//! running: `interrupted`, or run again when the command is idempotent.
+//!
+//! Where each part lives: `intake.rs` takes commands in (from a poll, or from the journal
+//! at start) and queues their jobs; `targets.rs` resolves and checks a command's targets;
+//! `worker.rs` runs one appliance's lane; `aggregate.rs` folds the targets' results into
+//! the command's one result. This file holds the state they share, starting and
+//! reconfiguring the router, and what the driver and a graceful stop ask of it (pending
+//! ids, capacity, idle).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cloud::wire::ItemResult;
+use crate::config::{Config, RouterConfig, TransportKind};
+use crate::journal::Journal;
+use crate::outbox::Outbox;
+use crate::transport::Transports;
+
+mod aggregate;
+mod intake;
+mod targets;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+/// Shared handle to the router.
+#[derive(Clone)]
+pub struct Router {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// What the configuration says; replaced whole on reload.
+    routing: RwLock<Arc<Routing>>,
+    state: Mutex<State>,
+    /// Woken when the last pending command finishes (graceful stop waits for it).
+    idle: Notify,
+    outbox: Arc<Outbox>,
+    journal: Journal,
+    transports: Transports,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// Targets and limits from the configuration.
+struct Routing {
+    cfg: RouterConfig,
+    appliances: HashMap<String, TransportKind>,
+    groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<String, Pending>,
+    /// Jobs not yet started, per appliance. An entry exists exactly while a worker runs
+    /// for that appliance; the worker removes it when it finds the queue empty.
+    lanes: HashMap<String, VecDeque<Job>>,
+}
+
+/// A command some of whose targets have not finished.
+struct Pending {
+    received: Instant,
+    /// Sent to a list or a group: the result carries `items`.
+    multi: bool,
+    items: Vec<Option<ItemResult>>,
+    remaining: usize,
+}
+
+struct Job {
+    /// Fixed when queued: a reload that moves the appliance to another transport does
+    /// not change where an already accepted job goes.
+    kind: TransportKind,
+    command_id: String,
+    index: usize,
+    payload: Arc<Value>,
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Router {
+    /// Workers run on `tracker` while appliances have work; they stop on `cancel`.
+    pub fn start(
+        config: &Config,
+        transports: Transports,
+        journal: Journal,
+        outbox: Arc<Outbox>,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Router {
+        let shared = Arc::new(Shared {
+            routing: RwLock::new(Arc::new(Routing {
+                cfg: config.router.clone(),
+                appliances: HashMap::new(),
+                groups: BTreeMap::new(),
+            })),
+            state: Mutex::new(State::default()),
+            idle: Notify::new(),
+            outbox,
+            journal,
+            transports,
+            tracker: tracker.clone(),
+            cancel,
+        });
+        let router = Router { shared };
+        router.reconfigure(config);
+        router
+    }
+
+    /// Applies a (re)loaded configuration: appliances, groups and limits change at once
+    /// for new commands. Jobs already queued keep their order and run where they were
+    /// sent, also for an appliance the reload removed.
+    pub fn reconfigure(&self, config: &Config) {
+        let routing = Routing {
+            cfg: config.router.clone(),
+            appliances: config
+                .appliances
+                .iter()
+                .map(|a| (a.id.clone(), a.transport))
+                .collect(),
+            groups: config.groups.clone(),
+        };
+        *self
+            .shared
+            .routing
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+    }
+
+    /// Commands accepted and not finished.
+    pub fn pending_count(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
+    /// Waits until no command is pending.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending_count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Command ids received and not finished.
+    pub fn pending_ids(&self) -> Vec<String> {
+        self.shared.lock().pending.keys().cloned().collect()
+    }
+
+    /// How many more commands may be accepted now: none while the journal is full or
+    /// failing, so the cloud keeps them.
+    pub fn capacity(&self) -> u32 {
+        if self.shared.journal.is_full() {
+            return 0;
+        }
+        let pending = self.shared.lock().pending.len();
+        let max = self.shared.routing().cfg.max_pending;
+        u32::try_from(max.saturating_sub(pending)).unwrap_or(u32::MAX)
+    }
+}
+
+impl Shared {
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

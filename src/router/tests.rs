@@ -1,0 +1,79 @@
+use serde_json::json;
+
+use super::*;
+use crate::cloud::wire::Status;
+use crate::journal::SyncMode;
+
+impl Router {
+    fn lanes(&self) -> usize {
+        self.shared.lock().lanes.len()
+    }
+}
+
+/// Lanes (and their worker tasks) exist only while an appliance has work, and a
+/// lane's bound turns the excess into `rejected` items.
+#[tokio::test]
+async fn lanes_come_and_go_with_work_and_are_bounded() {
+    let dir = std::env::temp_dir().join(format!(
+        "tether-router-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut text = format!(
+        "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
+         token_file = \"/nonexistent\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
+         [router]\nmax_queue_per_appliance = 3\n",
+        dir.display()
+    );
+    for i in 0..20 {
+        text.push_str(&format!(
+            "[[appliance]]\nid = \"a{i}\"\ntransport = \"mqtt\"\npassword = \"p{i}\"\n"
+        ));
+    }
+    let config = Config::parse(&text).expect("config");
+    let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+    let outbox = Arc::new(Outbox::new(journal.clone(), 100));
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (mqtt, _, _) =
+        crate::transport::mqtt::start(&config, None, outbox.clone(), &tracker, cancel.clone())
+            .await
+            .unwrap();
+    let transports = Transports { mqtt, ble: None };
+    let router = Router::start(
+        &config,
+        transports,
+        journal,
+        outbox.clone(),
+        &tracker,
+        cancel.clone(),
+    );
+    assert_eq!(
+        router.lanes(),
+        0,
+        "no appliance has work: no lane, no worker"
+    );
+    // Nobody is connected, so every job ends quickly as `unreachable`.
+    let mut commands: Vec<Value> = (0..40)
+        .map(|n| json!({"id": format!("c{n}"), "target": format!("a{}", n % 20)}))
+        .collect();
+    // Five at once for one appliance: one runs, three queue, one is over the bound.
+    commands.extend((0..5).map(|n| json!({"id": format!("burst{n}"), "target": "a0"})));
+    router.submit(commands).await;
+    router.idle().await;
+    assert_eq!(router.lanes(), 0, "every lane ended with its work");
+    let owed = outbox.take(100, 0).await.results;
+    assert_eq!(owed.len(), 45);
+    let rejected: Vec<&str> = owed
+        .iter()
+        .filter(|r| r.status == Status::Rejected)
+        .map(|r| r.error.as_deref().unwrap_or(""))
+        .collect();
+    assert!(
+        !rejected.is_empty() && rejected.iter().all(|e| e.contains("queue is full")),
+        "{rejected:?}"
+    );
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,132 @@
+//! Sending one command to an appliance and waiting for its answer: claim the appliance's
+//! connection (waiting out the start-up grace for one not yet ready), queue the PUBLISH on
+//! it, and wait, up to the command's timeout, for the result `inbound.rs` matches to it.
+//!
+//! Called by the router's workers through `MqttHandle::execute`.
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::Publish;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Hub, ToConn};
+use crate::transport::mqtt::topic;
+use crate::transport::{Dispatch, Outcome};
+
+const EXPIRED_WAITING: &str = "TTL ran out while waiting for the appliance to connect; not sent";
+
+impl Hub {
+    /// Sends one command to appliance `id` and waits for its result.
+    pub async fn execute(&self, id: &str, dispatch: Dispatch) -> Outcome {
+        let body = json!({ "id": dispatch.command_id, "payload": dispatch.payload });
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) if b.len() <= self.max_payload => b,
+            _ => {
+                return Outcome::Error(format!(
+                    "command does not fit the MQTT payload limit of {} bytes",
+                    self.max_payload
+                ));
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let started = Instant::now();
+        let mut tx = Some(tx);
+        let conn = loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let waiting = match self.claim(id, &dispatch.command_id, &mut tx) {
+                // Woken just as the TTL ran out: not sent after all.
+                Ok(_) if dispatch.ttl_passed(Instant::now()) => {
+                    self.forget(id, &dispatch.command_id);
+                    return Outcome::Expired(EXPIRED_WAITING.into());
+                }
+                Ok(conn) => break conn,
+                Err(Claim::Unreachable(why)) => why,
+                Err(Claim::NotReady(why)) => {
+                    // Waiting out the start-up grace never carries a command past its TTL.
+                    let mut until = self.grace_until.min(started + dispatch.timeout);
+                    if let Some(ttl) = dispatch.deadline {
+                        until = until.min(ttl);
+                    }
+                    let now = Instant::now();
+                    if dispatch.ttl_passed(now) {
+                        return Outcome::Expired(EXPIRED_WAITING.into());
+                    }
+                    if now >= until {
+                        return Outcome::Unreachable(why.into());
+                    }
+                    tokio::select! {
+                        _ = ready => continue,
+                        _ = tokio::time::sleep_until(until) => continue,
+                    }
+                }
+            };
+            return Outcome::Unreachable(waiting.into());
+        };
+        let (conn_tx, qos) = conn;
+        let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
+        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
+            self.forget(id, &dispatch.command_id);
+            return match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Outcome::Unreachable("appliance is not reading its connection".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Outcome::Unreachable("appliance disconnected".into())
+                }
+            };
+        }
+        match tokio::time::timeout(dispatch.timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::Interrupted("endpoint shut down before the answer".into()),
+            Err(_) => {
+                self.forget(id, &dispatch.command_id);
+                Outcome::Timeout
+            }
+        }
+    }
+
+    /// Registers `command_id` as waiting on appliance `id` if it can take a command now.
+    fn claim(
+        &self,
+        id: &str,
+        command_id: &str,
+        tx: &mut Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(mpsc::Sender<ToConn>, QoS), Claim> {
+        let mut slots = self.lock();
+        let Some(slot) = slots.get_mut(id) else {
+            return Err(Claim::Unreachable("not an MQTT appliance"));
+        };
+        let Some(conn) = &slot.conn else {
+            return Err(Claim::NotReady("appliance is not connected"));
+        };
+        if slot.reported_offline {
+            return Err(Claim::Unreachable("appliance reported offline"));
+        }
+        let Some(qos) = slot.subscription else {
+            return Err(Claim::NotReady(
+                "appliance is not subscribed to its cmd topic",
+            ));
+        };
+        let conn_tx = conn.tx.clone();
+        if let Some(tx) = tx.take() {
+            slot.waiting.insert(command_id.to_owned(), tx);
+        }
+        Ok((conn_tx, qos))
+    }
+
+    fn forget(&self, id: &str, command_id: &str) {
+        if let Some(slot) = self.lock().get_mut(id) {
+            slot.waiting.remove(command_id);
+        }
+    }
+}
+
+enum Claim {
+    /// Will not change by waiting.
+    Unreachable(&'static str),
+    /// May change once the appliance (re)connects and subscribes.
+    NotReady(&'static str),
+}

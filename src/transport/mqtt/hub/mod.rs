@@ -1,0 +1,276 @@
+//! The hub: what the endpoint knows about each configured MQTT appliance.
+//!
+//! Connection tasks (`conn.rs`) attach, report subscriptions, presence, results, events and
+//! violations here; [`Hub::execute`] (called by the router through `MqttHandle`) looks an
+//! appliance up, hands the command to its connection and waits for the correlated result.
+//! All state sits behind one std `Mutex`, held only for map updates, never across `.await`.
+//!
+//! This file holds that state and the connections' life (authenticate, attach, detach,
+//! subscribe, presence); `inbound.rs` handles what appliances publish (results, status,
+//! events, and refusals, within the event budget); `dispatch.rs` sends a command and
+//! waits for its answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{LastWill, Publish};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Secret, Verifier};
+use super::limits::Bucket;
+use crate::cloud::wire::Event;
+use crate::outbox::Outbox;
+use crate::transport::Outcome;
+
+mod dispatch;
+mod inbound;
+
+/// Counters of what the endpoint refused or could not use; each is also logged.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub auth_failures: AtomicU64,
+    pub denied: AtomicU64,
+    pub malformed: AtomicU64,
+    pub unknown_results: AtomicU64,
+    pub connections_refused: AtomicU64,
+    /// Connections closed unread: their source connected too often.
+    pub connections_rate_limited: AtomicU64,
+    /// Appliance events (and reports of refused or malformed messages) dropped over
+    /// `mqtt.max_event_rate`.
+    pub events_rate_limited: AtomicU64,
+}
+
+/// What the hub asks of a connection task.
+#[derive(Debug)]
+pub enum ToConn {
+    /// Boxed: every connection's queue allocates room for a block of these up front.
+    Publish(Box<Publish>),
+}
+
+pub struct Hub {
+    prefix: String,
+    max_payload: usize,
+    passwords: std::sync::RwLock<HashMap<String, Secret>>,
+    verifier: Verifier,
+    slots: Mutex<HashMap<String, Slot>>,
+    outbox: Arc<Outbox>,
+    next_generation: AtomicU64,
+    /// Until then, a command for an appliance that is not ready waits for it: after a
+    /// gateway restart, appliances need a moment to reconnect.
+    grace_until: Instant,
+    /// Woken when an appliance connects or subscribes.
+    ready: Notify,
+    /// `mqtt.max_event_rate`; the burst is twice this.
+    event_rate: AtomicU32,
+    pub stats: Stats,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<ConnRef>,
+    /// The appliance said `offline` on its status topic (or its will did).
+    reported_offline: bool,
+    /// QoS granted on its `cmd` subscription.
+    subscription: Option<QoS>,
+    /// Keep the subscription across reconnects (clean_session = false).
+    persistent: bool,
+    /// Commands sent and not answered, by command id.
+    waiting: HashMap<String, oneshot::Sender<Outcome>>,
+    /// Events this appliance may still raise; created at its first event.
+    events: Option<Bucket>,
+    /// Events dropped over the rate since the last one let through.
+    events_dropped: u64,
+}
+
+struct ConnRef {
+    tx: mpsc::Sender<ToConn>,
+    kick: CancellationToken,
+    generation: u64,
+}
+
+/// What `attach` tells the new connection.
+pub struct Attached {
+    pub generation: u64,
+    pub session_present: bool,
+}
+
+impl Hub {
+    pub fn new(
+        prefix: String,
+        max_payload: usize,
+        passwords: HashMap<String, Secret>,
+        outbox: Arc<Outbox>,
+        startup_grace: std::time::Duration,
+        event_rate: u32,
+    ) -> Hub {
+        let slots = passwords
+            .keys()
+            .map(|id| (id.clone(), Slot::default()))
+            .collect();
+        Hub {
+            prefix,
+            max_payload,
+            passwords: std::sync::RwLock::new(passwords),
+            verifier: Verifier::default(),
+            slots: Mutex::new(slots),
+            outbox,
+            next_generation: AtomicU64::new(1),
+            grace_until: Instant::now() + startup_grace,
+            ready: Notify::new(),
+            event_rate: AtomicU32::new(event_rate.max(1)),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a CONNECT's identity: username = client id = a configured appliance, and
+    /// its password (hashes verified off the async threads, plain text in constant time).
+    pub async fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> bool {
+        let (Some(user), Some(pass)) = (username, password) else {
+            return false;
+        };
+        if user != client_id {
+            return false;
+        }
+        let secret = self
+            .passwords
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned();
+        match secret {
+            Some(secret) => self.verifier.verify(&secret, pass).await,
+            None => false,
+        }
+    }
+
+    /// Applies a reloaded appliance list: new appliances may connect; a removed one, or one
+    /// whose password changed, is disconnected (it must authenticate again).
+    pub fn reconfigure(&self, passwords: HashMap<String, Secret>, event_rate: u32) {
+        self.event_rate.store(event_rate.max(1), Ordering::Relaxed);
+        let old = std::mem::replace(
+            &mut *self.passwords.write().unwrap_or_else(|e| e.into_inner()),
+            passwords.clone(),
+        );
+        let mut slots = self.lock();
+        for id in passwords.keys() {
+            slots.entry(id.clone()).or_default();
+        }
+        for (id, password) in &old {
+            let removed = !passwords.contains_key(id);
+            if removed || passwords.get(id) != Some(password) {
+                if let Some(conn) = slots.get(id).and_then(|s| s.conn.as_ref()) {
+                    log::info!(appliance = id.as_str(); "configuration changed: disconnecting the appliance");
+                    conn.kick.cancel();
+                }
+                if removed {
+                    slots.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Registers a new connection for `id`, kicking any older one (session takeover).
+    pub fn attach(
+        &self,
+        id: &str,
+        clean_session: bool,
+        tx: mpsc::Sender<ToConn>,
+        kick: CancellationToken,
+    ) -> Attached {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.lock();
+        let slot = slots.entry(id.to_owned()).or_default();
+        if let Some(old) = slot.conn.take() {
+            log::info!(appliance = id; "new connection replaces the previous one");
+            old.kick.cancel();
+        }
+        let session_present = !clean_session && slot.persistent && slot.subscription.is_some();
+        if !session_present {
+            slot.subscription = None;
+        }
+        slot.persistent = !clean_session;
+        slot.reported_offline = false;
+        slot.conn = Some(ConnRef {
+            tx,
+            kick,
+            generation,
+        });
+        drop(slots);
+        self.ready.notify_waiters();
+        self.presence(id, "online");
+        Attached {
+            generation,
+            session_present,
+        }
+    }
+
+    /// A connection ended. Its will is published if it ended without DISCONNECT; commands
+    /// waiting on it are interrupted (they were sent; the appliance may have acted).
+    pub fn detach(&self, id: &str, generation: u64, will: Option<LastWill>) {
+        let waiting = {
+            let mut slots = self.lock();
+            let Some(slot) = slots.get_mut(id) else {
+                return;
+            };
+            if slot.conn.as_ref().map(|c| c.generation) != Some(generation) {
+                return; // already replaced by a newer connection
+            }
+            slot.conn = None;
+            if !slot.persistent {
+                slot.subscription = None;
+            }
+            std::mem::take(&mut slot.waiting)
+        };
+        if let Some(will) = will {
+            self.publish(id, &will.topic, &will.message);
+        }
+        for (_, tx) in waiting {
+            let _ = tx.send(Outcome::Interrupted(
+                "appliance disconnected before answering".into(),
+            ));
+        }
+        self.presence(id, "offline");
+    }
+
+    pub fn subscribed(&self, id: &str, qos: Option<QoS>) {
+        if let Some(slot) = self.lock().get_mut(id) {
+            slot.subscription = qos;
+        }
+        self.ready.notify_waiters();
+    }
+
+    fn presence(&self, id: &str, kind: &str) {
+        log::info!(appliance = id, transport = "mqtt"; "appliance {kind}");
+        self.outbox.push_event(Event {
+            appliance: Some(id.to_owned()),
+            kind: kind.to_owned(),
+            payload: Value::Null,
+        });
+    }
+
+    /// Appliances connected and not reporting offline.
+    pub fn online(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.conn.is_some() && !s.reported_offline)
+            .count()
+    }
+}
