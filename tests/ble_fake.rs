@@ -57,6 +57,7 @@ fn btleplug_drives_the_fake_bluez() {
     // holds this single test; no other thread exists yet that could read the environment
     // concurrently (the fake's helper threads and the tokio runtime are started below).
     // libdbus reads DBUS_SYSTEM_BUS_ADDRESS once per process, when btleplug first connects.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", FakeBluez::planned_address(&dir));
     }
