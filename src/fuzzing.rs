@@ -41,7 +41,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cloud::driver::{RequestError, parse_retry_after};
+use crate::cloud::client::{RequestError, parse_retry_after};
 use crate::cloud::session::{Failure, Session};
 use crate::cloud::wire::{
     CommandResult, ItemResult, PollRequest, PollResponse, ResultsResponse, Status,

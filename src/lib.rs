@@ -10,8 +10,8 @@
 //! ```
 //!
 //! - [`config`]: the TOML file, parsed strictly.
-//! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`])
-//!   and the HTTP driver ([`cloud::driver`]).
+//! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`]),
+//!   the uplink loop ([`cloud::driver`]) and its HTTP client ([`cloud::client`]).
 //! - [`router`]: targets, groups, per-appliance order, TTLs, aggregation.
 //! - [`transport`]: the appliance side; [`transport::mqtt`] is the daemon's own endpoint.
 //! - [`outbox`]: results and events owed to the cloud.
