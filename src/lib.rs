@@ -21,6 +21,9 @@ pub mod app;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+// Fault hooks for the end-to-end tests; only their build has them.
+#[cfg(feature = "fault-injection")]
+mod fault;
 // Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md).
 #[doc(hidden)]
 pub mod fuzzing;

@@ -71,6 +71,7 @@ struct Turns {
     sizes: Sizes,
     logged_state: LinkState,
     draining: bool,
+    #[cfg(feature = "fault-injection")]
     wedge: bool,
 }
 
@@ -84,9 +85,24 @@ impl Turns {
             sizes: Sizes::new(max_batch),
             logged_state: LinkState::Connecting,
             draining: false,
-            wedge: std::env::var("TETHER_FAULT").is_ok_and(|f| f == "wedge-uplink"),
+            #[cfg(feature = "fault-injection")]
+            wedge: crate::fault::wedge_uplink(),
         }
     }
+
+    /// The tests' fault hook (`crate::fault`): the loop stops turning after a poll that
+    /// brought commands. (`&mut`: a shared borrow held across the await would make the
+    /// loop's future not `Send`, the requests in `Turns` being `Send` but not `Sync`.)
+    #[cfg(feature = "fault-injection")]
+    async fn fault_after_poll(&mut self, had_commands: bool) {
+        if self.wedge && had_commands {
+            crate::fault::stall_uplink().await;
+        }
+    }
+
+    /// The shipped build has no fault hooks.
+    #[cfg(not(feature = "fault-injection"))]
+    async fn fault_after_poll(&mut self, _had_commands: bool) {}
 }
 
 impl Driver {
@@ -196,10 +212,7 @@ impl Driver {
                 self.router.submit(resp.commands).await;
                 self.outbox.settle(batch, &resp.acked, true).await;
                 self.session.poll_done(now, Ok(resp.poll));
-                if turns.wedge && had_commands {
-                    log::warn!("TETHER_FAULT=wedge-uplink: the uplink loop stops turning now");
-                    std::future::pending::<()>().await;
-                }
+                turns.fault_after_poll(had_commands).await;
             }
             Err(e) => {
                 let failure = self.failed(&mut turns.sizes, &mut batch, &e).await;
