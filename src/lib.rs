@@ -24,7 +24,9 @@ pub mod demo;
 // Fault hooks for the end-to-end tests; only their build has them.
 #[cfg(feature = "fault-injection")]
 mod fault;
-// Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md).
+// Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md);
+// only a build with the `fuzzing` feature has them.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
