@@ -20,6 +20,8 @@
 pub mod app;
 pub mod cloud;
 pub mod config;
+// `tetherd demo` runs the reference cloud, so only a build with it has the demo.
+#[cfg(feature = "devcloud")]
 pub mod demo;
 // Fault hooks for the end-to-end tests; only their build has them.
 #[cfg(feature = "fault-injection")]
