@@ -2,7 +2,7 @@
 //!
 //! It owns the `reqwest` client built from `[cloud]` (by [`tls`]), the two endpoints'
 //! URLs and the token, and turns one request into a decoded response or a
-//! [`RequestError`], which [`RequestError::failure`] classifies for the session's timing
+//! [`RequestError`], which `RequestError::failure` classifies for the session's timing
 //! rules. The driver (`cloud::driver`) is its only caller: it decides what to send and
 //! when; this module only sends it.
 
