@@ -4,6 +4,9 @@
 //! fresh CA, runs the daemon in this process against it with the MQTT endpoint on a free
 //! port, connects simulated appliances (real MQTT clients), then sends commands through
 //! the devcloud's admin API and prints each round trip with its latency.
+//!
+//! Only a build with the `devcloud` feature (the default) has it; `main` answers `tetherd
+//! demo` with exit 69 in one without, such as the .deb's.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! - [`config`]: the TOML file, parsed strictly.
-//! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`])
-//!   and the HTTP driver ([`cloud::driver`]).
+//! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`]),
+//!   the uplink loop ([`cloud::driver`]) and its HTTP client ([`cloud::client`]).
 //! - [`router`]: targets, groups, per-appliance order, TTLs, aggregation.
 //! - [`transport`]: the appliance side; [`transport::mqtt`] is the daemon's own endpoint.
 //! - [`outbox`]: results and events owed to the cloud.
@@ -20,8 +20,15 @@
 pub mod app;
 pub mod cloud;
 pub mod config;
+// `tetherd demo` runs the reference cloud, so only a build with it has the demo.
+#[cfg(feature = "devcloud")]
 pub mod demo;
-// Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md).
+// Fault hooks for the end-to-end tests; only their build has them.
+#[cfg(feature = "fault-injection")]
+mod fault;
+// Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md);
+// only a build with the `fuzzing` feature has them.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

@@ -1,7 +1,8 @@
 //! `tetherd`: the command line.
 //!
 //! `tetherd [--config PATH]` runs the daemon; `check-config` validates a file and exits 78
-//! (EX_CONFIG) listing every problem; `demo` runs a self-contained round trip. Config
+//! (EX_CONFIG) listing every problem; `demo` runs a self-contained round trip (a build
+//! without the `devcloud` feature, such as the .deb's, has no demo and exits 69). Config
 //! errors are printed before the daemon starts, and exit 78 so systemd does not restart
 //! a daemon that cannot work (`RestartPreventExitStatus=78`).
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tether::app::{App, StartError};
-use tether::config::{Config, ConfigError, LogTarget};
+use tether::config::{Config, ConfigError};
 use tether::systemd;
 
 /// sysexits.h EX_CONFIG.
@@ -19,6 +20,9 @@ const EX_CONFIG: u8 = 78;
 const EX_OSERR: u8 = 71;
 /// sysexits.h EX_SOFTWARE.
 const EX_SOFTWARE: u8 = 70;
+/// sysexits.h EX_UNAVAILABLE: `demo` in a build that has none.
+#[cfg(not(feature = "devcloud"))]
+const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(name = "tetherd", version, about = "Tether edge gateway daemon")]
@@ -35,6 +39,12 @@ enum Cmd {
     /// Validate the configuration file and exit (0: valid, 78: invalid).
     CheckConfig,
     /// Run a local devcloud, the daemon and simulated appliances, and show round trips.
+    #[cfg_attr(
+        not(feature = "devcloud"),
+        command(
+            about = "Not in this build: the demo needs a build from source with the default features"
+        )
+    )]
     Demo,
     /// Read a password on standard input and print its Argon2id hash for the config.
     HashPassword,
@@ -67,10 +77,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Cmd::Demo) => {
-            tether::logging::init(LogTarget::Stderr, log::LevelFilter::Error);
-            runtime_then(tether::demo::run())
-        }
+        Some(Cmd::Demo) => demo(),
         None => {
             let config = match load(&cli.config) {
                 Ok(c) => c,
@@ -80,6 +87,21 @@ fn main() -> ExitCode {
             runtime_then(run(cli.config, config))
         }
     }
+}
+
+#[cfg(feature = "devcloud")]
+fn demo() -> ExitCode {
+    tether::logging::init(tether::config::LogTarget::Stderr, log::LevelFilter::Error);
+    runtime_then(tether::demo::run())
+}
+
+/// The demo runs the reference cloud, which this build (the .deb's) does not have.
+#[cfg(not(feature = "devcloud"))]
+fn demo() -> ExitCode {
+    eprintln!(
+        "tetherd: this build has no demo (it is built without the reference cloud); build from source with the default features to run it: cargo build --release && target/release/tetherd demo"
+    );
+    ExitCode::from(EX_UNAVAILABLE)
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {

@@ -60,7 +60,8 @@ async fn a_wedged_uplink_loop_stops_the_watchdog_pings() {
         &[
             ("NOTIFY_SOCKET", sock.to_str().unwrap()),
             ("WATCHDOG_USEC", "2000000"),
-            // Fault hook: the uplink loop stops turning after a poll that brings commands.
+            // Fault hook (src/fault.rs, only in the tests' build): the uplink loop stops
+            // turning after a poll that brings commands.
             ("TETHER_FAULT", "wedge-uplink"),
         ],
     );

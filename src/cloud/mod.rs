@@ -1,8 +1,11 @@
 //! The cloud side: protocol types, the long-poll session logic and its HTTP driver.
 //!
 //! [`wire`] holds protocol v1's JSON types, [`session`] the timing rules as a pure state
-//! machine, [`driver`] the one task that performs HTTP requests, and [`tls`] builds the
-//! client (trust, identity, token).
+//! machine, [`driver`] the one task that runs the link (app starts it), [`client`] the
+//! HTTP requests the driver makes, `batch` the policy for how much each request carries,
+//! and [`tls`] builds the client (trust, identity, token).
+mod batch;
+pub mod client;
 pub mod driver;
 pub mod session;
 pub mod tls;

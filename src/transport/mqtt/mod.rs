@@ -25,7 +25,7 @@ use crate::transport::{Dispatch, Outcome};
 pub mod auth;
 mod conn;
 pub mod exposure;
-pub mod hub;
+pub(crate) mod hub;
 pub mod limits;
 pub mod tls;
 pub mod topic;

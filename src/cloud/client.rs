@@ -1,0 +1,253 @@
+//! The HTTP client of the uplink: the only code that speaks HTTP to the cloud.
+//!
+//! It owns the `reqwest` client built from `[cloud]` (by [`tls`]), the two endpoints'
+//! URLs and the token, and turns one request into a decoded response or a
+//! [`RequestError`], which `RequestError::failure` classifies for the session's timing
+//! rules. The driver (`cloud::driver`) is its only caller: it decides what to send and
+//! when; this module only sends it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::session::Failure;
+use super::tls;
+use crate::config::CloudConfig;
+
+/// Why a request failed, with enough detail for one clear log line.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("HTTP {status}: {body}")]
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    #[error("response body exceeds {0} bytes (cloud.max_response_bytes)")]
+    TooLarge(usize),
+    #[error("response is not valid protocol v1 JSON: {0}")]
+    BadJson(String),
+}
+
+impl RequestError {
+    /// `carried` is whether the request carried results or events: only then can a
+    /// 400/413/422 be about its content.
+    pub(super) fn failure(&self, carried: bool) -> Failure {
+        match self {
+            RequestError::Status {
+                status,
+                retry_after,
+                ..
+            } => match status.as_u16() {
+                401 | 403 => Failure::Auth,
+                429 | 503 => Failure::Busy(*retry_after),
+                400 | 413 | 422 if carried => Failure::Refused,
+                _ => Failure::Transient,
+            },
+            _ => Failure::Transient,
+        }
+    }
+}
+
+/// Which of the gateway's two cloud endpoints a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST .../poll`, held by the cloud for up to the request's wait (`Prefer: wait`).
+    Poll,
+    /// `POST .../results`, an early flush, answered at once.
+    Results,
+}
+
+/// The HTTP side of the uplink; cheap to clone.
+#[derive(Clone)]
+pub struct Uplink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    poll_url: String,
+    results_url: String,
+    authorization: Option<HeaderValue>,
+    request_timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl Uplink {
+    /// Builds the HTTP client (TLS settings, identity, token) for gateway `gateway_id`.
+    pub fn new(cfg: &CloudConfig, gateway_id: &str) -> Result<Uplink, tls::SetupError> {
+        let client = tls::build_client(cfg)?;
+        let authorization = tls::load_token(cfg)?;
+        let base = cfg.url.trim_end_matches('/');
+        Ok(Uplink {
+            inner: Arc::new(Inner {
+                client,
+                poll_url: format!("{base}/v1/gateways/{gateway_id}/poll"),
+                results_url: format!("{base}/v1/gateways/{gateway_id}/results"),
+                authorization,
+                request_timeout: cfg.request_timeout,
+                max_response_bytes: cfg.max_response_bytes,
+            }),
+        })
+    }
+
+    /// One request, abandoned as a whole (headers and body) after `wait` plus
+    /// `cloud.request_timeout`: a server that sends headers and then stalls cannot hold the
+    /// uplink, even while it keeps answering HTTP/2 PINGs.
+    pub(super) async fn post<B: Serialize, R: DeserializeOwned>(
+        self,
+        endpoint: Endpoint,
+        body: B,
+        wait: Duration,
+    ) -> Result<R, RequestError> {
+        let limit = wait + self.inner.request_timeout;
+        log::debug!(
+            "request {} (limit {limit:?})",
+            match endpoint {
+                Endpoint::Poll => "poll",
+                Endpoint::Results => "flush",
+            }
+        );
+        match tokio::time::timeout(limit, self.exchange(endpoint, body, wait)).await {
+            Ok(out) => out,
+            Err(_) => Err(RequestError::Transport(format!(
+                "no complete response within {limit:?}"
+            ))),
+        }
+    }
+
+    async fn exchange<B: Serialize, R: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: B,
+        wait: Duration,
+    ) -> Result<R, RequestError> {
+        let inner = &self.inner;
+        let url = match endpoint {
+            Endpoint::Poll => &inner.poll_url,
+            Endpoint::Results => &inner.results_url,
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| RequestError::Transport(e.to_string()))?;
+        let mut req = inner
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(wait + inner.request_timeout)
+            .body(body);
+        if endpoint == Endpoint::Poll {
+            req = req.header("prefer", format!("wait={}", wait.as_secs()));
+        }
+        if let Some(auth) = &inner.authorization {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| RequestError::Transport(chain(&e)))?;
+        let status = resp.status();
+        let max = inner.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(RequestError::TooLarge(max));
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| RequestError::Transport(chain(&e)))?
+        {
+            if buf.len() + chunk.len() > max {
+                return Err(RequestError::TooLarge(max));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+            return Err(RequestError::Status {
+                status,
+                retry_after,
+                body: text,
+            });
+        }
+        serde_json::from_slice(&buf).map_err(|e| RequestError::BadJson(e.to_string()))
+    }
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// An error with its sources, so "error sending request" says *why* (TLS, DNS, reset).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH);
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+        let d = parse_retry_after(&future).unwrap();
+        assert!(
+            d > Duration::from_secs(590) && d <= Duration::from_secs(600),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn status_codes_map_to_failures() {
+        let status = |code: u16| RequestError::Status {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: Some(Duration::from_secs(3)),
+            body: String::new(),
+        };
+        assert_eq!(status(401).failure(true), Failure::Auth);
+        assert_eq!(status(403).failure(false), Failure::Auth);
+        assert_eq!(
+            status(429).failure(false),
+            Failure::Busy(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            status(503).failure(true),
+            Failure::Busy(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(status(413).failure(true), Failure::Refused);
+        assert_eq!(status(400).failure(false), Failure::Transient);
+        assert_eq!(status(500).failure(true), Failure::Transient);
+        assert_eq!(RequestError::TooLarge(1).failure(true), Failure::Transient);
+    }
+}
