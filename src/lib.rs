@@ -4,16 +4,21 @@
 //! receives out to LAN appliances; results travel back in the next poll. Data flow:
 //!
 //! ```text
-//! cloud::driver (reqwest) --commands--> router --jobs--> transport::mqtt --> appliances
-//!        ^                                 |
-//!        +------- outbox <---results-------+ <--results/events-- transport::mqtt
+//! cloud::client <- cloud::driver --commands--> router --jobs--> worker --> transport::{mqtt,ble}
+//!   (HTTP/2)           ^                        |  \                          |
+//!                      +------- outbox <--------+   journal (SQLite)          v
+//!                                 ^ <---------------results, events------ appliances
 //! ```
 //!
-//! - [`config`]: the TOML file, parsed strictly.
+//! Modules import downwards only (`tests/layering.rs`): `config` and `cloud::wire` at the
+//! bottom; `journal`, `outbox`; `transport`; `router`; the cloud link; `app` at the top.
+//!
+//! - [`config`]: the TOML file, parsed strictly, one file per section.
 //! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`]),
 //!   the uplink loop ([`cloud::driver`]) and its HTTP client ([`cloud::client`]).
 //! - [`router`]: targets, groups, per-appliance order, TTLs, aggregation.
 //! - [`transport`]: the appliance side; [`transport::mqtt`] is the daemon's own endpoint.
+//! - [`journal`]: commands and results on disk before they are acted on or owed.
 //! - [`outbox`]: results and events owed to the cloud.
 //! - [`app`]: wiring, signals and ordered shutdown.
 

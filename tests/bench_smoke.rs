@@ -3,6 +3,8 @@
 //! themselves are not judged (benchmarks print figures; tests do not pass or fail on
 //! them, least of all on a shared machine).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

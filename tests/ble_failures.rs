@@ -2,6 +2,8 @@
 //! `unreachable` (a transient failure is retried), link dropped after the write ->
 //! `interrupted` (and never written again), write refused -> `error`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 #[path = "common/ble_rig.rs"]
 mod ble_rig;
 #[path = "common/bluez.rs"]

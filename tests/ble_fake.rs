@@ -5,6 +5,8 @@
 //!
 //! Every wait is on a btleplug event stream or on a control answer, each with a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 #[path = "common/bluez.rs"]
 mod bluez;
 

@@ -2,6 +2,8 @@
 //! at start, and discovery that silently stops. The daemon carries on without a restart
 //! of its own: later commands succeed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 #[path = "common/ble_rig.rs"]
 mod ble_rig;
 #[path = "common/bluez.rs"]

@@ -1,6 +1,8 @@
 //! BLE appliances end to end: the devcloud over TLS, the real `tetherd`, btleplug's real
 //! Linux path (bluez-async, libdbus) against the fake BlueZ on a private bus.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 #[path = "common/ble_rig.rs"]
 mod ble_rig;
 #[path = "common/bluez.rs"]

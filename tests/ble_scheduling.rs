@@ -2,6 +2,8 @@
 //! commands served in order per appliance, idle links closed, and a command whose TTL or
 //! timeout runs out while it waits for a link is reported without being sent.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 #[path = "common/ble_rig.rs"]
 mod ble_rig;
 #[path = "common/bluez.rs"]

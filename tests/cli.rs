@@ -1,5 +1,7 @@
 //! The command line: `check-config` and `--version`, run as the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 use std::process::Command;
 
 fn tetherd(args: &[&str]) -> std::process::Output {

@@ -1,6 +1,8 @@
 //! The cloud link's identity and trust, with the real binary: bearer token (never logged),
 //! wrong credentials, a wrong CA, and mTLS with a client certificate made here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

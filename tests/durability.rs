@@ -1,6 +1,8 @@
 //! Nothing lost, nothing done twice: the real `tetherd` under `kill -9`, a long result
 //! outage, a full journal and a damaged journal file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -9,6 +9,8 @@
 //! An input that panics is written under the target directory's `tmp/fuzz-failures/` and
 //! the test fails naming it; keep a new one by copying it to `fuzz/regressions/<target>/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! Interoperability with MQTT clients nobody on this project wrote: Eclipse Paho (Python)
 //! and Mosquitto's command-line clients.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::io::{BufRead, BufReader};

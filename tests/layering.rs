@@ -7,6 +7,8 @@
 //! protocol types at the bottom, the driver at the top). A module's own insides (`super::`,
 //! its children) are one node; tests are left out.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! End to end: the devcloud over TLS + HTTP/2, the real `tetherd`, rumqttc appliances.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::collections::HashMap;

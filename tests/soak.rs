@@ -5,6 +5,8 @@
 //! Short in CI (`TETHER_SOAK_SECS`, default 20). The long run:
 //! `TETHER_SOAK_SECS=1800 cargo test --release --test soak -- --nocapture`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

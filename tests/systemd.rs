@@ -2,6 +2,8 @@
 //! RELOADING, STOPPING) on a datagram NOTIFY_SOCKET, reload on SIGHUP, a graceful SIGTERM,
 //! and journald fields through a private mount namespace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
+
 mod common;
 
 use std::process::{Command, Stdio};
