@@ -36,18 +36,9 @@ pub struct ApplianceConfig {
     pub encoding: Option<Encoding>,
 }
 
-/// Every key an `[[appliance]]` may have (all apply live).
-pub const APPLIANCE_KEYS: [&str; 9] = [
-    "id",
-    "transport",
-    "password",
-    "address",
-    "name",
-    "service",
-    "command_char",
-    "result_char",
-    "encoding",
-];
+/// The keys every `[[appliance]]` may have; the BLE ones are `ble::BLE_KEYS`. All of
+/// them apply live.
+pub const COMMON_KEYS: [&str; 3] = ["id", "transport", "password"];
 
 impl fmt::Debug for ApplianceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -95,7 +95,7 @@ impl Config {
 }
 
 /// The `[[appliance]]` keys that only BLE appliances may set.
-const BLE_KEYS: [&str; 6] = [
+pub const BLE_KEYS: [&str; 6] = [
     "address",
     "name",
     "service",

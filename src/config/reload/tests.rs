@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{
-    APPLIANCE_KEYS, BleConfig, CloudConfig, GatewayConfig, LogConfig, MqttConfig, RouterConfig,
-    StateConfig,
+    BleConfig, COMMON_KEYS, CloudConfig, GatewayConfig, LogConfig, MqttConfig, RouterConfig,
+    StateConfig, ble,
 };
 
 const EXAMPLE: &str = include_str!("../../../config.example.toml");
@@ -79,7 +79,9 @@ fn every_key_of_the_example_file_is_classified() {
             "log" => LogConfig::apply_of(key).is_some(),
             "ble" => BleConfig::apply_of(key).is_some(),
             // Appliances and groups apply live as a whole.
-            "appliance" => APPLIANCE_KEYS.contains(&key.as_str()),
+            "appliance" => {
+                COMMON_KEYS.contains(&key.as_str()) || ble::BLE_KEYS.contains(&key.as_str())
+            }
             "groups" => true,
             _ => false,
         };
