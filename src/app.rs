@@ -3,7 +3,7 @@
 //!
 //! Start order: the journal (replaying what a previous run left), the outbox, the MQTT
 //! endpoint (bound before anything reports ready: the LAN side works without the cloud),
-//! the router with one worker per appliance, recovery of interrupted commands, then the
+//! the router with one worker per appliance, recovery of unfinished commands, then the
 //! uplink driver and the systemd supervisor (STATUS, watchdog). Every task runs on one
 //! [`TaskTracker`] under one [`CancellationToken`].
 //!
@@ -142,7 +142,7 @@ impl App {
             config.state.max_journal_bytes,
         )?;
         log::info!(
-            "journal open: {} result(s) owed, {} command(s) interrupted by the last stop",
+            "journal open: {} result(s) owed, {} command(s) left unfinished by the last stop",
             recovery.owed,
             recovery.running.len()
         );
@@ -184,8 +184,9 @@ impl App {
             &tracker,
             cancel.clone(),
         );
-        let recovering = router.clone();
-        tracker.spawn(async move { recovering.recover(recovery.running).await });
+        // Before the first poll: what the last run left is queued ahead of anything new for
+        // the same appliance, and listed in that poll's `pending`.
+        router.recover(recovery.running).await;
         let session = Session::new(session_config(config), Instant::now(), fastrand::Rng::new());
         let health = Arc::new(Health::default());
         let (reload, reload_rx) = mpsc::channel(4);

@@ -6,6 +6,9 @@
 //! RAM; only the ids of results riding in a request are held here ("in flight"), so a
 //! poll and an early flush never carry the same result. If the journal cannot be written
 //! (a full disk), a result is kept in memory instead ("spilled") and still delivered.
+//! A new result may leave while its own journal commit (and fsync) runs ("fresh"): the
+//! cloud deduplicates by command id, so a crash in that window costs at most a second,
+//! `interrupted`, result for the same command, which the cloud ignores.
 //! Events are held in memory, bounded, oldest dropped and counted.
 
 use std::collections::{HashSet, VecDeque};
@@ -34,6 +37,8 @@ struct Inner {
     /// Results the cloud is missing (it resent their command): sent first.
     wanted: Vec<String>,
     spilled: VecDeque<CommandResult>,
+    /// Results whose journal commit is under way; taken like spilled ones meanwhile.
+    fresh: VecDeque<CommandResult>,
     events: VecDeque<Event>,
     /// Events dropped at the bound since the last report.
     events_dropped: u64,
@@ -62,13 +67,29 @@ impl Outbox {
     }
 
     /// Records a finished result durably; from then on it is owed until acked.
+    /// It may be sent before the commit ends (see `fresh`); this returns after it.
     pub async fn push_result(&self, result: CommandResult) {
-        if let Err(e) = self.journal.record_result(result.clone()).await {
+        // Queued before it is visible: an ack of it reaches the journal after the record.
+        let recorded = self.journal.record_result(result.clone());
+        let id = result.command_id.clone();
+        self.lock().fresh.push_back(result);
+        self.changed.notify_one();
+        let outcome = recorded.await;
+        let mut inner = self.lock();
+        let Some(at) = inner.fresh.iter().position(|r| r.command_id == id) else {
+            // Acked already: the journal applied the ack after the record.
+            return;
+        };
+        let Some(result) = inner.fresh.remove(at) else {
+            return;
+        };
+        if let Err(e) = outcome {
             log::error!(command_id = result.command_id.as_str();
                 "result kept in memory only, the journal refused it: {e}");
-            self.lock().spilled.push_back(result);
+            inner.spilled.push_back(result);
+            drop(inner);
+            self.changed.notify_one();
         }
-        self.changed.notify_one();
     }
 
     /// Queues an event, dropping the oldest at the bound.
@@ -94,14 +115,21 @@ impl Outbox {
     pub async fn take(&self, max_results: usize, max_events: usize) -> Batch {
         let (mut results, skip) = {
             let inner = self.lock();
-            let spilled: Vec<CommandResult> = inner
+            let memory: Vec<CommandResult> = inner
                 .spilled
                 .iter()
+                .chain(inner.fresh.iter())
                 .filter(|r| !inner.in_flight.contains(&r.command_id))
                 .take(max_results)
                 .cloned()
                 .collect();
-            (spilled, inner.in_flight.iter().cloned().collect::<Vec<_>>())
+            let skip = inner
+                .in_flight
+                .iter()
+                .cloned()
+                .chain(memory.iter().map(|r| r.command_id.clone()))
+                .collect::<Vec<_>>();
+            (memory, skip)
         };
         let wanted = std::mem::take(&mut self.lock().wanted);
         let room = max_results - results.len();
@@ -145,6 +173,9 @@ impl Outbox {
         let mut inner = self.lock();
         inner
             .spilled
+            .retain(|r| !acked.contains(r.command_id.as_str()));
+        inner
+            .fresh
             .retain(|r| !acked.contains(r.command_id.as_str()));
         for r in &batch.results {
             inner.in_flight.remove(&r.command_id);
@@ -192,7 +223,7 @@ impl Outbox {
     pub fn results_waiting(&self) -> bool {
         let owed = self.journal.owed_count();
         let inner = self.lock();
-        owed + inner.spilled.len() > inner.in_flight.len()
+        owed + inner.spilled.len() + inner.fresh.len() > inner.in_flight.len()
     }
 
     /// Results owed (not yet acked).

@@ -47,7 +47,7 @@ pub enum JournalError {
 #[derive(Debug, Clone)]
 pub struct NewCommand {
     pub id: String,
-    /// The command as received, to run an idempotent one again after a crash.
+    /// The command as received: after a crash, what was not sent runs from it.
     pub body: String,
     pub idempotent: bool,
 }
@@ -57,6 +57,7 @@ enum Req {
         Vec<NewCommand>,
         oneshot::Sender<Result<Vec<bool>, JournalError>>,
     ),
+    Sent(String, String, oneshot::Sender<Result<(), JournalError>>),
     Result(CommandResult, oneshot::Sender<Result<(), JournalError>>),
     Ack(Vec<String>, oneshot::Sender<Result<(), JournalError>>),
     Owed {
@@ -142,7 +143,8 @@ impl Journal {
     }
 
     /// Records commands (state `running`); answers, per command, whether its id is new.
-    /// A known id is left as it was: the caller must not dispatch it again.
+    /// A known id is left as it was: the caller must not dispatch it again. Not fsynced
+    /// on its own: the `sent` record of any command makes it durable (`record_sent`).
     pub async fn record_commands(&self, cmds: Vec<NewCommand>) -> Result<Vec<bool>, JournalError> {
         if cmds.is_empty() {
             return Ok(Vec::new());
@@ -150,9 +152,26 @@ impl Journal {
         self.ask(|r| Req::Commands(cmds, r)).await
     }
 
-    /// Records a command's result and marks the command done, durably.
-    pub async fn record_result(&self, result: CommandResult) -> Result<(), JournalError> {
-        self.ask(|r| Req::Result(result, r)).await
+    /// Records, durably, that command `id` is about to leave for `appliance`: after a
+    /// crash it may have reached it. Awaited before the PUBLISH or the GATT write.
+    pub async fn record_sent(&self, id: &str, appliance: &str) -> Result<(), JournalError> {
+        self.ask(|r| Req::Sent(id.to_owned(), appliance.to_owned(), r))
+            .await
+    }
+
+    /// Records a command's result and marks the command done, durably. The request is
+    /// queued when this is called, not when the future is first polled: whatever the
+    /// caller does next (an ack of this result, say) is applied after it.
+    pub fn record_result(
+        &self,
+        result: CommandResult,
+    ) -> impl Future<Output = Result<(), JournalError>> + use<> {
+        let (reply, rx) = oneshot::channel();
+        let queued = self.tx.send(Req::Result(result, reply));
+        async move {
+            queued.map_err(|_| JournalError::Stopped)?;
+            rx.await.map_err(|_| JournalError::Stopped)?
+        }
     }
 
     /// Forgets results the cloud acked.

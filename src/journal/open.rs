@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension};
 use super::store::Store;
 use super::{DEDUP_MEMORY, JournalError, SyncMode};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `sent`; a version 1 file is migrated at open (see `migrate_from_1`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -21,7 +22,8 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 -- Every command id received, so a replay is never dispatched twice. `body` is kept while
--- the command runs (an idempotent one is run again from it after a crash).
+-- the command runs: after a crash, what was never sent runs from it (and an idempotent
+-- command runs again from it).
 CREATE TABLE IF NOT EXISTS commands (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT NOT NULL UNIQUE,
@@ -32,6 +34,14 @@ CREATE TABLE IF NOT EXISTS commands (
     received_at_ms INTEGER NOT NULL,
     finished_at_ms INTEGER
 );
+-- The appliances a running command may have reached: a row is on disk before the command
+-- leaves for that appliance (the PUBLISH or the GATT write). `*` stands for every target
+-- (a command a version 1 journal left running). Deleted when the command is done.
+CREATE TABLE IF NOT EXISTS sent (
+    command_id TEXT NOT NULL,
+    appliance  TEXT NOT NULL,
+    PRIMARY KEY (command_id, appliance)
+) WITHOUT ROWID;
 -- Results owed to the cloud: deleted when the cloud acks them.
 CREATE TABLE IF NOT EXISTS results (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,6 +61,8 @@ pub struct Interrupted {
     pub idempotent: bool,
     /// Wall-clock receipt time (Unix ms); only a hint, the gateway may have no RTC.
     pub received_at_ms: i64,
+    /// The appliances it may have reached (`*`: every target); empty if it was never sent.
+    pub sent: Vec<String>,
 }
 
 /// What a previous run left in the journal.
@@ -141,6 +153,7 @@ impl Store {
                 .map_err(Damage::classify)?;
             }
             Some(Ok(SCHEMA_VERSION)) => {}
+            Some(Ok(1)) => migrate_from_1(&conn).map_err(Damage::classify)?,
             Some(other) => {
                 return Err(Damage::Io(format!(
                     "schema version {other:?} is not {SCHEMA_VERSION}: written by another tetherd version"
@@ -151,6 +164,15 @@ impl Store {
     }
 
     fn recover(&self) -> rusqlite::Result<Recovery> {
+        let mut sent: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT command_id, appliance FROM sent ORDER BY command_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (id, appliance) = row?;
+            sent.entry(id).or_default().push(appliance);
+        }
         let owed: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?;
@@ -164,15 +186,39 @@ impl Store {
                     body: r.get(1)?,
                     idempotent: r.get::<_, i64>(2)? != 0,
                     received_at_ms: r.get(3)?,
+                    sent: Vec::new(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let running = running
+            .into_iter()
+            .map(|mut c: Interrupted| {
+                c.sent = sent.remove(&c.id).unwrap_or_default();
+                c
+            })
+            .collect();
         Ok(Recovery {
             owed: usize::try_from(owed).unwrap_or(0),
             running,
             reset: None,
         })
     }
+}
+
+/// A version 1 journal did not record what was sent: each command it left running may have
+/// reached every target, and is treated so (`interrupted`, or run again if idempotent).
+fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN;
+         INSERT OR IGNORE INTO sent (command_id, appliance)
+             SELECT id, '*' FROM commands WHERE state = 'running';
+         UPDATE meta SET value = '2' WHERE key = 'schema';
+         COMMIT;",
+    )?;
+    log::info!(
+        "journal upgraded to schema 2 (commands a version 1 journal left running count as sent)"
+    );
+    Ok(())
 }
 
 enum Damage {

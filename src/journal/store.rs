@@ -75,10 +75,13 @@ impl Store {
         // ack lost in a power cut only means the result is sent again, which at-least-once
         // delivery allows. The WAL is append-only, so the next fsynced commit makes these
         // frames durable too, in order.
+        // Receipts too: a command received and not yet sent may be lost in a power cut (the
+        // cloud still has it and resends it, docs/protocol.md); one that was sent cannot,
+        // since its `sent` row's fsync covers every frame before it.
         let relax = self.sync == SyncMode::Full
             && group
                 .iter()
-                .all(|r| matches!(r, Req::Ack(..) | Req::Owed { .. }));
+                .all(|r| matches!(r, Req::Ack(..) | Req::Owed { .. } | Req::Commands(..)));
         let outcome = (|| -> Result<(), JournalError> {
             if relax != self.relaxed {
                 let level = if relax { "NORMAL" } else { "FULL" };
@@ -94,6 +97,14 @@ impl Store {
                     Req::Commands(cmds, reply) => {
                         let fresh = insert_commands(&tx, &cmds)?;
                         replies.push(Reply::Fresh(reply, fresh));
+                    }
+                    Req::Sent(id, appliance, reply) => {
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO sent (command_id, appliance) VALUES (?1, ?2)",
+                        )
+                        .and_then(|mut s| s.execute(params![id, appliance]))
+                        .map_err(sql_err)?;
+                        replies.push(Reply::Done(reply));
                     }
                     Req::Result(result, reply) => {
                         insert_result(&tx, &result)?;
@@ -221,6 +232,9 @@ fn insert_result(tx: &Transaction<'_>, result: &CommandResult) -> Result<(), Jou
     )
     .and_then(|mut s| s.execute(params![result.command_id, now]))
     .map_err(sql_err)?;
+    tx.prepare_cached("DELETE FROM sent WHERE command_id = ?1")
+        .and_then(|mut s| s.execute([&result.command_id]))
+        .map_err(sql_err)?;
     Ok(())
 }
 

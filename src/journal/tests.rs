@@ -245,3 +245,60 @@ async fn finished_ids_are_remembered_for_the_window_then_forgotten() {
     assert!(!known("old-acked").await, "forgotten beyond the window");
     assert!(known("old-owed").await, "a result still owed keeps its id");
 }
+
+/// What a restart needs to tell "never sent" from "may have reached it": the `sent` rows,
+/// per appliance, gone once the command is done.
+#[tokio::test]
+async fn a_restart_knows_which_appliances_a_running_command_was_sent_to() {
+    let dir = Dir::new("sent");
+    {
+        let (j, _) = open(&dir);
+        j.record_commands(vec![cmd("c1", false), cmd("c2", false), cmd("c3", false)])
+            .await
+            .unwrap();
+        j.record_sent("c1", "lamp-1").await.unwrap();
+        j.record_sent("c1", "lamp-2").await.unwrap();
+        j.record_sent("c3", "lamp-1").await.unwrap();
+        j.record_result(result("c3")).await.unwrap();
+        j.close().await;
+    }
+    let (_, recovery) = open(&dir);
+    let running: Vec<(String, Vec<String>)> = recovery
+        .running
+        .into_iter()
+        .map(|c| (c.id, c.sent))
+        .collect();
+    assert_eq!(
+        running,
+        [
+            ("c1".to_owned(), vec!["lamp-1".to_owned(), "lamp-2".to_owned()]),
+            ("c2".to_owned(), vec![]),
+        ]
+    );
+}
+
+/// A version 1 journal did not record what was sent: what it left running counts as sent
+/// to every target, never as safe to run again.
+#[tokio::test]
+async fn a_version_1_journal_is_upgraded_with_its_running_commands_counted_as_sent() {
+    let dir = Dir::new("v1");
+    {
+        let (j, _) = open(&dir);
+        j.record_commands(vec![cmd("old", false)]).await.unwrap();
+        j.close().await;
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.0.join("journal.db")).unwrap();
+        conn.execute_batch("DROP TABLE sent; UPDATE meta SET value = '1' WHERE key = 'schema';")
+            .unwrap();
+    }
+    let (j, recovery) = open(&dir);
+    assert_eq!(recovery.running.len(), 1);
+    assert_eq!(recovery.running[0].sent, vec!["*".to_owned()]);
+    j.close().await;
+    let conn = rusqlite::Connection::open(dir.0.join("journal.db")).unwrap();
+    let version: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, "2");
+}

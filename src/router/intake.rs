@@ -19,6 +19,10 @@ use crate::cloud::wire::{
 };
 use crate::journal::{Interrupted, NewCommand, now_ms};
 
+/// Why a command that may have reached its appliance has no answer after a restart.
+const RESTARTED: &str =
+    "the gateway restarted while the command ran; the appliance may or may not have acted";
+
 impl Router {
     /// Accepts the commands of one poll response. Every new command either starts, or
     /// gets a `rejected`/`expired` result at once; a repeated id is ignored (its result,
@@ -47,12 +51,8 @@ impl Router {
                 let idempotent = parsed.as_ref().is_ok_and(|c| c.idempotent);
                 NewCommand {
                     id: id.clone(),
-                    // Only an idempotent command is ever run again from its record.
-                    body: if idempotent {
-                        raw.to_string()
-                    } else {
-                        String::new()
-                    },
+                    // After a crash, what was not sent yet runs from this record.
+                    body: raw.to_string(),
                     idempotent,
                 }
             })
@@ -77,7 +77,7 @@ impl Router {
             match parsed {
                 Ok(cmd) => {
                     let deadline = cmd.ttl_ms.map(|ms| now + Duration::from_millis(ms));
-                    self.begin(cmd, now, deadline).await;
+                    self.begin(cmd, now, deadline, &[]).await;
                 }
                 Err(why) => self.finish_now(&id, now, Status::Rejected, why).await,
             }
@@ -86,17 +86,20 @@ impl Router {
         self.shared.outbox.want(repeated);
     }
 
-    /// Settles the commands a previous run left running: an idempotent one runs again
-    /// (with what is left of its TTL), any other becomes `interrupted`.
+    /// Settles the commands a previous run left running. Where a command never passed its
+    /// send gate (`transport::SendGate`) it was never sent: it runs now, in its
+    /// appliance's order, with what is left of its TTL. Where it may have reached an
+    /// appliance, that appliance's part is `interrupted`, unless the command is
+    /// idempotent, which runs again whole.
     pub async fn recover(&self, running: Vec<Interrupted>) {
         let now = Instant::now();
         for c in running {
+            let every = c.sent.iter().any(|a| a == "*");
             let cmd = serde_json::from_str::<Command>(&c.body)
                 .ok()
-                .filter(|_| c.idempotent);
+                .filter(|cmd| cmd.idempotent || !every);
             let Some(cmd) = cmd else {
-                let why = "the gateway restarted while the command ran; the appliance may or may not have acted";
-                self.finish_now(&c.id, now, Status::Interrupted, why.into())
+                self.finish_now(&c.id, now, Status::Interrupted, RESTARTED.into())
                     .await;
                 continue;
             };
@@ -108,22 +111,39 @@ impl Router {
                     let elapsed = now_ms() - c.received_at_ms;
                     let left = i64::try_from(ttl).unwrap_or(i64::MAX) - elapsed;
                     if elapsed < 0 || left <= 0 {
-                        let why = "ttl ran out while the gateway restarted".to_owned();
-                        self.finish_now(&c.id, now, Status::Expired, why).await;
-                        continue;
+                        if c.sent.is_empty() || cmd.idempotent {
+                            let why = "ttl ran out while the gateway restarted".to_owned();
+                            self.finish_now(&c.id, now, Status::Expired, why).await;
+                            continue;
+                        }
+                        // What was sent is interrupted; the rest expires at dispatch.
+                        Some(now)
+                    } else {
+                        Some(now + Duration::from_millis(u64::try_from(left).unwrap_or(0)))
                     }
-                    Some(now + Duration::from_millis(u64::try_from(left).unwrap_or(0)))
                 }
             };
-            if let Err(e) = self.shared.journal.rerun(vec![c.id.clone()]).await {
-                log::warn!(command_id = c.id.as_str(); "cannot count the re-run in the journal: {e}");
-            }
-            log::info!(command_id = c.id.as_str(); "idempotent command interrupted by a restart; running it again");
-            self.begin(cmd, now, deadline).await;
+            let sent = if cmd.idempotent {
+                if !c.sent.is_empty() {
+                    if let Err(e) = self.shared.journal.rerun(vec![c.id.clone()]).await {
+                        log::warn!(command_id = c.id.as_str(); "cannot count the re-run in the journal: {e}");
+                    }
+                    log::info!(command_id = c.id.as_str(); "idempotent command interrupted by a restart; running it again");
+                }
+                Vec::new()
+            } else {
+                if c.sent.is_empty() {
+                    log::info!(command_id = c.id.as_str(); "command was not sent before the restart; running it now");
+                }
+                c.sent
+            };
+            self.begin(cmd, now, deadline, &sent).await;
         }
     }
 
-    async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>) {
+    /// Queues a command's jobs. The parts for the appliances in `sent` (a restart found
+    /// them possibly delivered) are not run again but answered `interrupted`.
+    async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>, sent: &[String]) {
         let routing = self.shared.routing();
         let targets = match self.validate(&routing, &cmd) {
             Ok(t) => t,
@@ -141,6 +161,7 @@ impl Router {
             .unwrap_or(routing.cfg.default_timeout);
         let payload = Arc::new(cmd.payload);
         let mut refused = Vec::new();
+        let mut interrupted = Vec::new();
         let mut idle = Vec::new();
         {
             let mut state = self.shared.lock();
@@ -154,6 +175,10 @@ impl Router {
                 },
             );
             for (index, target) in targets.iter().enumerate() {
+                if sent.contains(target) {
+                    interrupted.push((index, target.clone()));
+                    continue;
+                }
                 // `validate` checked every target is configured.
                 let Some(&kind) = routing.appliances.get(target) else {
                     refused.push((index, target.clone(), "appliance is not configured"));
@@ -191,10 +216,16 @@ impl Router {
                 .spawn(worker.run(self.shared.cancel.clone()));
         }
         log::info!(command_id = cmd.id.as_str(), targets = targets.len(); "command accepted");
-        for (index, target, why) in refused {
+        let refused = refused
+            .into_iter()
+            .map(|(index, target, why)| (index, target, Status::Rejected, why));
+        let interrupted = interrupted
+            .into_iter()
+            .map(|(index, target)| (index, target, Status::Interrupted, RESTARTED));
+        for (index, target, status, why) in refused.chain(interrupted) {
             let item = ItemResult {
                 target,
-                status: Status::Rejected,
+                status,
                 payload: None,
                 error: Some(why.into()),
                 duration_ms: 0,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Job, Shared, millis};
 use crate::cloud::wire::{ItemResult, Status};
 use crate::config::TransportKind;
-use crate::transport::{Dispatch, Transports};
+use crate::transport::{Dispatch, SendGate, Transports};
 
 /// Runs one appliance's lane in order, and ends when the lane is empty.
 pub(super) struct Worker {
@@ -64,6 +64,11 @@ impl Worker {
                 payload: (*job.payload).clone(),
                 timeout: job.timeout,
                 deadline: job.deadline,
+                gate: SendGate::new(
+                    self.shared.journal.clone(),
+                    &job.command_id,
+                    &self.appliance,
+                ),
             };
             Some(
                 self.transports

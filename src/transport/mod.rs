@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::cloud::wire::Status;
 use crate::config::TransportKind;
+use crate::journal::Journal;
 
 pub mod ble;
 pub mod mqtt;
@@ -27,6 +28,56 @@ pub struct Dispatch {
     /// When the command's TTL runs out (`None`: no TTL). A transport that queues before
     /// sending (BLE waits for a link slot) must not send after it: `Outcome::Expired`.
     pub deadline: Option<Instant>,
+    /// Passed (awaited) by the transport right before the command leaves: the PUBLISH
+    /// handed to the connection, the GATT write. Nothing may be sent before it.
+    pub gate: SendGate,
+}
+
+/// The last step before a command leaves for an appliance: the journal records, durably,
+/// that it may have reached it. After a crash, a command that never passed its gate is run
+/// again (it was never sent); one that did is `interrupted` (docs/durability.md).
+#[derive(Clone)]
+pub struct SendGate {
+    journal: Option<Journal>,
+    command_id: String,
+    appliance: String,
+}
+
+impl SendGate {
+    pub fn new(journal: Journal, command_id: &str, appliance: &str) -> SendGate {
+        SendGate {
+            journal: Some(journal),
+            command_id: command_id.to_owned(),
+            appliance: appliance.to_owned(),
+        }
+    }
+
+    /// A gate that records nothing (the fuzz harness; a command that is never journalled).
+    pub fn open() -> SendGate {
+        SendGate {
+            journal: None,
+            command_id: String::new(),
+            appliance: String::new(),
+        }
+    }
+
+    pub async fn pass(&self) {
+        let Some(journal) = &self.journal else { return };
+        if let Err(e) = journal.record_sent(&self.command_id, &self.appliance).await {
+            // Holding the command back would turn a disk problem into an outage; what is
+            // lost is only the crash-time knowledge that it was sent.
+            log::error!(command_id = self.command_id.as_str(), appliance = self.appliance.as_str();
+                "cannot journal that the command is sent ({e}); sending it anyway");
+        }
+    }
+}
+
+impl std::fmt::Debug for SendGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendGate")
+            .field("journalled", &self.journal.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Dispatch {

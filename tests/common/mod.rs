@@ -527,6 +527,8 @@ impl Drop for Tetherd {
 pub enum Behaviour {
     /// Answers every command at once with ok and `{"echo": payload}`.
     Echo,
+    /// Answers like `Echo` after this many milliseconds of work, as a real appliance does.
+    Slow(u64),
     /// Never answers.
     Silent,
     /// Answers when the test says so (`Appliance::answer`).
@@ -582,12 +584,21 @@ impl Appliance {
                         let cmd: Value = serde_json::from_slice(&p.payload).unwrap();
                         let cid = cmd["id"].as_str().unwrap().to_owned();
                         let _ = tx.send((cid.clone(), cmd["payload"].clone()));
-                        if behaviour == Behaviour::Echo {
+                        let work = match behaviour {
+                            Behaviour::Echo => Some(0),
+                            Behaviour::Slow(ms) => Some(ms),
+                            Behaviour::Silent | Behaviour::Manual => None,
+                        };
+                        if let Some(work) = work {
                             let answer = json!({"id": cid, "ok": true, "payload": {"echo": cmd["payload"], "by": me}});
                             let topic = format!("tether/{me}/result");
                             // Never block the event loop on its own request queue.
                             let publisher = responder.clone();
                             tokio::spawn(async move {
+                                if work > 0 {
+                                    // The appliance's own work, not synchronisation.
+                                    tokio::time::sleep(Duration::from_millis(work)).await;
+                                }
                                 let _ = publisher
                                     .publish(topic, QoS::AtLeastOnce, false, answer.to_string())
                                     .await;

@@ -17,7 +17,7 @@ use super::fault::Fault;
 use super::link::{Exchange, Link};
 use super::pool::{Kept, Permit};
 use super::{Shared, Target, codec};
-use crate::transport::{Dispatch, Outcome};
+use crate::transport::{Dispatch, Outcome, SendGate};
 
 /// Connect attempts per command (each bounded by `ble.connect_timeout`).
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -65,6 +65,7 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
         bytes: &bytes,
         deadline,
         ttl: d.deadline,
+        gate: &d.gate,
         written: &mut written,
     };
     // A panic below (ours or a binding's) must not take the appliance's router worker with
@@ -93,6 +94,7 @@ struct Run<'a> {
     bytes: &'a [u8],
     deadline: Instant,
     ttl: Option<Instant>,
+    gate: &'a SendGate,
     /// Set just before the write: from then on nothing is retried.
     written: &'a mut bool,
 }
@@ -127,6 +129,7 @@ impl Run<'_> {
                 let why = "ttl ran out before the write (connecting took too long); not sent";
                 return (Outcome::Expired(why.into()), Kept::Idle(link));
             }
+            self.gate.pass().await;
             *self.written = true;
             let outcome = match link.exchange(self.bytes, self.deadline).await {
                 Exchange::NotSent(why) => {

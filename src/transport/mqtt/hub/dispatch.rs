@@ -66,6 +66,7 @@ impl Hub {
             return Outcome::Unreachable(waiting.into());
         };
         let (conn_tx, qos) = conn;
+        dispatch.gate.pass().await;
         let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
         if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
             self.forget(id, &dispatch.command_id);
