@@ -111,10 +111,7 @@ async fn kill_dash_nine_under_load_loses_nothing_and_runs_nothing_twice() {
         "{interrupted} interrupted in {kills} kills of {} appliances: {statuses:?}",
         names.len()
     );
-    let never_reached = sent
-        .iter()
-        .filter(|(id, _)| !got.contains_key(id))
-        .count();
+    let never_reached = sent.iter().filter(|(id, _)| !got.contains_key(id)).count();
     eprintln!(
         "kill -9 x{kills}: {} commands, {statuses:?}, {never_reached} never reached an appliance",
         sent.len()
@@ -338,6 +335,17 @@ async fn commands_queued_at_a_kill_run_after_the_restart_in_order() {
         .await;
     assert!(line.contains("accepted"), "{line}");
     daemon.kill();
+    // The operator's view of what the kill left.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tetherd"))
+        .args(["journal", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{first}  sent to q-1")), "{text}");
+    for id in &queued {
+        assert!(text.contains(&format!("{id}  not sent yet")), "{text}");
+    }
     let daemon = Tetherd::start(&cfg);
     assert_eq!(daemon.mqtt.port(), port);
     // The appliance's client reconnects by itself; the queued commands come in order.

@@ -55,17 +55,25 @@ pub fn summary(state_dir: &Path, limit: usize) -> Result<String, String> {
             let _ = writeln!(out, "  {id}  {status}  {at}");
         }
     }
-    let running = rows(
-        "SELECT id, CASE idempotent WHEN 1 THEN 'idempotent' ELSE '-' END, received_at_ms
-         FROM commands WHERE state = 'running' ORDER BY seq LIMIT ?1",
-    )?;
+    // A schema 1 journal (not yet opened by this version) has no `sent` table.
+    let has_sent =
+        q("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sent'")? > 0;
+    let sent = if has_sent {
+        "COALESCE('sent to ' || (SELECT group_concat(appliance, ' ') FROM sent WHERE command_id = id), 'not sent yet')"
+    } else {
+        "'sent: unknown (schema 1)'"
+    };
+    let running = rows(&format!(
+        "SELECT id, CASE idempotent WHEN 1 THEN 'idempotent, ' ELSE '' END || {sent}, received_at_ms
+         FROM commands WHERE state = 'running' ORDER BY seq LIMIT ?1"
+    ))?;
     if !running.is_empty() {
         let _ = writeln!(
             out,
-            "\nrunning commands: command id, idempotent, received (unix ms)"
+            "\nrunning commands: command id, idempotent, where sent, received (unix ms)"
         );
-        for (id, idem, at) in running {
-            let _ = writeln!(out, "  {id}  {idem}  {at}");
+        for (id, how, at) in running {
+            let _ = writeln!(out, "  {id}  {how}  {at}");
         }
     }
     Ok(out)

@@ -271,7 +271,10 @@ async fn a_restart_knows_which_appliances_a_running_command_was_sent_to() {
     assert_eq!(
         running,
         [
-            ("c1".to_owned(), vec!["lamp-1".to_owned(), "lamp-2".to_owned()]),
+            (
+                "c1".to_owned(),
+                vec!["lamp-1".to_owned(), "lamp-2".to_owned()]
+            ),
             ("c2".to_owned(), vec![]),
         ]
     );
@@ -298,7 +301,9 @@ async fn a_version_1_journal_is_upgraded_with_its_running_commands_counted_as_se
     j.close().await;
     let conn = rusqlite::Connection::open(dir.0.join("journal.db")).unwrap();
     let version: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(version, "2");
 }
