@@ -12,7 +12,7 @@
 //! Events are held in memory, bounded, oldest dropped and counted.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::sync::Notify;
@@ -68,13 +68,29 @@ impl Outbox {
 
     /// Records a finished result durably; from then on it is owed until acked.
     /// It may be sent before the commit ends (see `fresh`); this returns after it.
-    pub async fn push_result(&self, result: CommandResult) {
+    pub async fn push_result(self: &Arc<Self>, result: CommandResult) {
+        self.begin_result(result).await;
+    }
+
+    /// [`Outbox::push_result`] in two steps: the record is queued in the journal and the
+    /// result is available to requests when this returns; the future it gives resolves
+    /// when the record is committed. Whatever the caller asks of the journal next (the
+    /// next command's `sent` row, an ack) is applied after the record, in the same commit
+    /// or a later one.
+    pub fn begin_result(
+        self: &Arc<Self>,
+        result: CommandResult,
+    ) -> impl Future<Output = ()> + Send + 'static {
         // Queued before it is visible: an ack of it reaches the journal after the record.
         let recorded = self.journal.record_result(result.clone());
         let id = result.command_id.clone();
         self.lock().fresh.push_back(result);
         self.changed.notify_one();
-        let outcome = recorded.await;
+        let outbox = self.clone();
+        async move { outbox.settle_recorded(&id, recorded.await) }
+    }
+
+    fn settle_recorded(&self, id: &str, outcome: Result<(), crate::journal::JournalError>) {
         let mut inner = self.lock();
         let Some(at) = inner.fresh.iter().position(|r| r.command_id == id) else {
             // Acked already: the journal applied the ack after the record.
@@ -257,14 +273,14 @@ mod tests {
         }
     }
 
-    fn outbox(tag: &str, max_events: usize) -> (Outbox, std::path::PathBuf) {
+    fn outbox(tag: &str, max_events: usize) -> (Arc<Outbox>, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "tether-outbox-{tag}-{}-{:x}",
             std::process::id(),
             fastrand::u64(..)
         ));
         let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
-        (Outbox::new(journal, max_events), dir)
+        (Arc::new(Outbox::new(journal, max_events)), dir)
     }
 
     #[tokio::test]

@@ -4,14 +4,24 @@
 //! Workers (and the intake, for targets refused before they ran) report each target's
 //! result here; the last one completes the command, which then leaves the pending set.
 
+use std::sync::Arc;
+
 use super::{Pending, Shared, millis};
 use crate::cloud::wire::{CommandResult, ItemResult, Status};
 
 impl Shared {
     /// Records one target's result; the last one completes the command. The command
     /// stays listed as pending until its result is journalled, so no poll in between can
-    /// make the cloud think it was lost.
-    pub(super) async fn complete_item(&self, command_id: &str, index: usize, item: ItemResult) {
+    /// make the cloud think it was lost. Returns once the result is queued in the journal
+    /// and on its way, not committed: the appliance's lane goes on at once, and its next
+    /// command's `sent` row, queued after this record, commits with it (one fsync for
+    /// both) and can never be on disk without it.
+    pub(super) async fn complete_item(
+        self: &Arc<Self>,
+        command_id: &str,
+        index: usize,
+        item: ItemResult,
+    ) {
         let result = {
             let mut state = self.lock();
             let Some(p) = state.pending.get_mut(command_id) else {
@@ -28,12 +38,17 @@ impl Shared {
             }
             aggregate(command_id, p)
         };
-        self.outbox.push_result(result).await;
-        let mut state = self.lock();
-        state.pending.remove(command_id);
-        if state.pending.is_empty() {
-            self.idle.notify_waiters();
-        }
+        let committed = self.outbox.begin_result(result);
+        let shared = self.clone();
+        let id = command_id.to_owned();
+        self.tracker.spawn(async move {
+            committed.await;
+            let mut state = shared.lock();
+            state.pending.remove(&id);
+            if state.pending.is_empty() {
+                shared.idle.notify_waiters();
+            }
+        });
     }
 }
 
