@@ -75,7 +75,7 @@ impl Outbox {
     /// [`Outbox::push_result`] in two steps: the record is queued in the journal and the
     /// result is available to requests when this returns; the future it gives resolves
     /// when the record is committed. Whatever the caller asks of the journal next (the
-    /// next command's `sent` row, an ack) is applied after the record, in the same commit
+    /// next command's `sent` mark, an ack) is applied after the record, in the same commit
     /// or a later one.
     pub fn begin_result(
         self: &Arc<Self>,

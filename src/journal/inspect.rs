@@ -55,11 +55,10 @@ pub fn summary(state_dir: &Path, limit: usize) -> Result<String, String> {
             let _ = writeln!(out, "  {id}  {status}  {at}");
         }
     }
-    // A schema 1 journal (not yet opened by this version) has no `sent` table.
-    let has_sent =
-        q("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sent'")? > 0;
+    // A schema 1 journal (not yet opened by this version) has no `sent` column.
+    let has_sent = q("SELECT COUNT(*) FROM pragma_table_info('commands') WHERE name = 'sent'")? > 0;
     let sent = if has_sent {
-        "COALESCE('sent to ' || (SELECT group_concat(appliance, ' ') FROM sent WHERE command_id = id), 'not sent yet')"
+        "CASE sent WHEN '' THEN 'not sent yet' ELSE 'sent to ' || sent END"
     } else {
         "'sent: unknown (schema 1)'"
     };

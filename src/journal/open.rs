@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::store::Store;
 use super::{DEDUP_MEMORY, JournalError, SyncMode};
 
-/// 2 added `sent`; a version 1 file is migrated at open (see `migrate_from_1`).
+/// 2 added `commands.sent`; a version 1 file is migrated at open (see `migrate_from_1`).
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -30,18 +30,15 @@ CREATE TABLE IF NOT EXISTS commands (
     body           TEXT NOT NULL,
     idempotent     INTEGER NOT NULL,
     state          TEXT NOT NULL CHECK (state IN ('running', 'done')),
+    -- The appliances a running command may have reached, space-separated: each is added
+    -- before the command leaves for it (the PUBLISH, the GATT write). `*` stands for
+    -- every target (a command a version 1 journal left running). Emptied when done. A
+    -- column, not a table: the row's page is written at receipt and at the result anyway.
+    sent           TEXT NOT NULL DEFAULT '',
     runs           INTEGER NOT NULL DEFAULT 1,
     received_at_ms INTEGER NOT NULL,
     finished_at_ms INTEGER
 );
--- The appliances a running command may have reached: a row is on disk before the command
--- leaves for that appliance (the PUBLISH or the GATT write). `*` stands for every target
--- (a command a version 1 journal left running). Deleted when the command is done.
-CREATE TABLE IF NOT EXISTS sent (
-    command_id TEXT NOT NULL,
-    appliance  TEXT NOT NULL,
-    PRIMARY KEY (command_id, appliance)
-) WITHOUT ROWID;
 -- Results owed to the cloud: deleted when the cloud acks them.
 CREATE TABLE IF NOT EXISTS results (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -164,21 +161,12 @@ impl Store {
     }
 
     fn recover(&self) -> rusqlite::Result<Recovery> {
-        let mut sent: std::collections::HashMap<String, Vec<String>> = Default::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT command_id, appliance FROM sent ORDER BY command_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (id, appliance) = row?;
-            sent.entry(id).or_default().push(appliance);
-        }
         let owed: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?;
         let mut stmt = self
             .conn
-            .prepare("SELECT id, body, idempotent, received_at_ms FROM commands WHERE state = 'running' ORDER BY seq")?;
+            .prepare("SELECT id, body, idempotent, received_at_ms, sent FROM commands WHERE state = 'running' ORDER BY seq")?;
         let running = stmt
             .query_map([], |r| {
                 Ok(Interrupted {
@@ -186,17 +174,14 @@ impl Store {
                     body: r.get(1)?,
                     idempotent: r.get::<_, i64>(2)? != 0,
                     received_at_ms: r.get(3)?,
-                    sent: Vec::new(),
+                    sent: r
+                        .get::<_, String>(4)?
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let running = running
-            .into_iter()
-            .map(|mut c: Interrupted| {
-                c.sent = sent.remove(&c.id).unwrap_or_default();
-                c
-            })
-            .collect();
         Ok(Recovery {
             owed: usize::try_from(owed).unwrap_or(0),
             running,
@@ -210,8 +195,8 @@ impl Store {
 fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "BEGIN;
-         INSERT OR IGNORE INTO sent (command_id, appliance)
-             SELECT id, '*' FROM commands WHERE state = 'running';
+         ALTER TABLE commands ADD COLUMN sent TEXT NOT NULL DEFAULT '';
+         UPDATE commands SET sent = '*' WHERE state = 'running';
          UPDATE meta SET value = '2' WHERE key = 'schema';
          COMMIT;",
     )?;

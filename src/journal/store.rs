@@ -77,7 +77,7 @@ impl Store {
         // frames durable too, in order.
         // Receipts too: a command received and not yet sent may be lost in a power cut (the
         // cloud still has it and resends it, docs/protocol.md); one that was sent cannot,
-        // since its `sent` row's fsync covers every frame before it.
+        // since the fsync of its `sent` mark covers every frame before it.
         let relax = self.sync == SyncMode::Full
             && group
                 .iter()
@@ -100,7 +100,9 @@ impl Store {
                     }
                     Req::Sent(id, appliance, reply) => {
                         tx.prepare_cached(
-                            "INSERT OR IGNORE INTO sent (command_id, appliance) VALUES (?1, ?2)",
+                            "UPDATE commands SET sent = ltrim(sent || ' ' || ?2)
+                             WHERE id = ?1 AND state = 'running'
+                               AND instr(' ' || sent || ' ', ' ' || ?2 || ' ') = 0",
                         )
                         .and_then(|mut s| s.execute(params![id, appliance]))
                         .map_err(sql_err)?;
@@ -228,13 +230,10 @@ fn insert_result(tx: &Transaction<'_>, result: &CommandResult) -> Result<(), Jou
     tx.prepare_cached(
         "INSERT INTO commands (id, body, idempotent, state, received_at_ms, finished_at_ms)
          VALUES (?1, '', 0, 'done', ?2, ?2)
-         ON CONFLICT (id) DO UPDATE SET state = 'done', body = '', finished_at_ms = ?2",
+         ON CONFLICT (id) DO UPDATE SET state = 'done', body = '', sent = '', finished_at_ms = ?2",
     )
     .and_then(|mut s| s.execute(params![result.command_id, now]))
     .map_err(sql_err)?;
-    tx.prepare_cached("DELETE FROM sent WHERE command_id = ?1")
-        .and_then(|mut s| s.execute([&result.command_id]))
-        .map_err(sql_err)?;
     Ok(())
 }
 

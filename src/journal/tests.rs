@@ -246,7 +246,7 @@ async fn finished_ids_are_remembered_for_the_window_then_forgotten() {
     assert!(known("old-owed").await, "a result still owed keeps its id");
 }
 
-/// What a restart needs to tell "never sent" from "may have reached it": the `sent` rows,
+/// What a restart needs to tell "never sent" from "may have reached it": the `sent` marks,
 /// per appliance, gone once the command is done.
 #[tokio::test]
 async fn a_restart_knows_which_appliances_a_running_command_was_sent_to() {
@@ -292,7 +292,9 @@ async fn a_version_1_journal_is_upgraded_with_its_running_commands_counted_as_se
     }
     {
         let conn = rusqlite::Connection::open(dir.0.join("journal.db")).unwrap();
-        conn.execute_batch("DROP TABLE sent; UPDATE meta SET value = '1' WHERE key = 'schema';")
+        conn.execute_batch(
+            "ALTER TABLE commands DROP COLUMN sent; UPDATE meta SET value = '1' WHERE key = 'schema';",
+        )
             .unwrap();
     }
     let (j, recovery) = open(&dir);

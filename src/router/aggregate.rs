@@ -14,7 +14,7 @@ impl Shared {
     /// stays listed as pending until its result is journalled, so no poll in between can
     /// make the cloud think it was lost. Returns once the result is queued in the journal
     /// and on its way, not committed: the appliance's lane goes on at once, and its next
-    /// command's `sent` row, queued after this record, commits with it (one fsync for
+    /// command's `sent` mark, queued after this record, commits with it (one fsync for
     /// both) and can never be on disk without it.
     pub(super) async fn complete_item(
         self: &Arc<Self>,
