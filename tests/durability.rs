@@ -146,10 +146,12 @@ async fn ten_thousand_results_wait_out_an_outage_on_disk_not_in_memory() {
     };
     // Warm-up, then measure between 5,000 and 10,000 results owed.
     let mut ids = cloud.enqueue_many(run(0, 5000)).await;
-    eventually("5,000 results owed", drained).await;
+    // Bulk work: its pace is the journal's fsyncs (docs/benchmarks.md), not under test here.
+    let bulk = Duration::from_secs(180);
+    eventually_within("5,000 results owed", bulk, drained).await;
     let (rss_5k, _) = daemon.memory_kib();
     ids.extend(cloud.enqueue_many(run(5000, 5000)).await);
-    eventually("10,000 results owed", drained).await;
+    eventually_within("10,000 results owed", bulk, drained).await;
     let (rss_10k, hwm) = daemon.memory_kib();
     eprintln!("owed 5,000: VmRSS {rss_5k} KiB; owed 10,000: VmRSS {rss_10k} KiB, VmHWM {hwm} KiB");
     assert!(

@@ -703,12 +703,22 @@ pub async fn json_of(resp: reqwest::Response) -> Value {
 
 /// Re-checks `check` every 20 ms until it returns `Some`, for conditions only visible by
 /// asking (a counter at the devcloud). Panics after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, check).await
+}
+
+/// [`eventually`] with its own patience, for a test whose step is bulk work (thousands of
+/// commands on a busy 2-core machine) rather than one exchange.
+pub async fn eventually_within<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if let Some(v) = check().await {
             return v;
