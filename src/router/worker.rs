@@ -2,8 +2,10 @@
 //! and ends when the lane is empty.
 //!
 //! Started by the intake when a job lands on an idle lane; it checks the TTL just before
-//! dispatch, calls the appliance's transport, and reports each job's result to
-//! `aggregate.rs`.
+//! dispatch, calls the appliance's transport with the job's send gate (the transport
+//! passes it, journalling the command as sent, right before the command leaves), and
+//! reports each job's result to `aggregate.rs`, which hands it on without waiting for
+//! its commit, so the lane goes on at once.
 
 use std::sync::Arc;
 
