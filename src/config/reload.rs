@@ -24,34 +24,21 @@ pub struct Merged {
 
 /// `new` with every restart-only key put back to its value in `running`.
 pub fn merge(running: &Config, new: Config) -> Merged {
-    let mut kept = Vec::new();
-    let mut new_client = false;
-    let mut out = |kept_now: Vec<String>, client: bool| {
-        kept.extend(kept_now);
-        new_client |= client;
+    let mut m = Merged {
+        config: running.clone(),
+        kept: Vec::new(),
+        new_client: false,
     };
-    let gateway = section(&running.gateway, new.gateway, &mut out);
-    let cloud = section(&running.cloud, new.cloud, &mut out);
-    let mqtt = section(&running.mqtt, new.mqtt, &mut out);
-    let router = section(&running.router, new.router, &mut out);
-    let state = section(&running.state, new.state, &mut out);
-    let log = section(&running.log, new.log, &mut out);
-    let ble = section(&running.ble, new.ble, &mut out);
-    Merged {
-        config: Config {
-            gateway,
-            cloud,
-            mqtt,
-            router,
-            state,
-            log,
-            ble,
-            appliances: new.appliances,
-            groups: new.groups,
-        },
-        kept,
-        new_client,
-    }
+    m.config.gateway = m.section(&running.gateway, new.gateway);
+    m.config.cloud = m.section(&running.cloud, new.cloud);
+    m.config.mqtt = m.section(&running.mqtt, new.mqtt);
+    m.config.router = m.section(&running.router, new.router);
+    m.config.state = m.section(&running.state, new.state);
+    m.config.log = m.section(&running.log, new.log);
+    m.config.ble = m.section(&running.ble, new.ble);
+    m.config.appliances = new.appliances;
+    m.config.groups = new.groups;
+    m
 }
 
 /// The keys of a section with their values, in serialized form.
@@ -63,44 +50,46 @@ pub fn entries<T: Section>(section: &T) -> Map<String, Value> {
     }
 }
 
-fn section<T: Section>(running: &T, new: T, out: &mut impl FnMut(Vec<String>, bool)) -> T {
-    let old = entries(running);
-    let mut merged = entries(&new);
-    let mut kept = Vec::new();
-    let mut client = false;
-    for (key, value) in merged.iter_mut() {
-        let before = old.get(key).unwrap_or(&Value::Null);
-        if before == value {
-            continue;
-        }
-        // An unclassified key is treated as restart-only: applying it live by mistake is
-        // worse than waiting (and `every_key_is_classified` fails on it).
-        match T::apply_of(key).unwrap_or(Apply::Restart) {
-            Apply::Live => {}
-            Apply::NewClient => client = true,
-            Apply::Restart => {
-                kept.push(format!("{}.{key}", T::NAME));
-                *value = before.clone();
+impl Merged {
+    /// One section of the merge: `new`, with its restart-only changes undone and noted.
+    fn section<T: Section>(&mut self, running: &T, new: T) -> T {
+        let old = entries(running);
+        let mut merged = entries(&new);
+        let mut kept = Vec::new();
+        let mut client = false;
+        for (key, value) in merged.iter_mut() {
+            let before = old.get(key).unwrap_or(&Value::Null);
+            if before == value {
+                continue;
+            }
+            // An unclassified key is treated as restart-only: applying it live by mistake
+            // is worse than waiting (and `every_key_of_every_section_is_classified` fails on it).
+            match T::apply_of(key).unwrap_or(Apply::Restart) {
+                Apply::Live => {}
+                Apply::NewClient => client = true,
+                Apply::Restart => {
+                    kept.push(format!("{}.{key}", T::NAME));
+                    *value = before.clone();
+                }
             }
         }
-    }
-    if kept.is_empty() {
-        out(kept, client);
-        return new;
-    }
-    match serde_json::from_value(Value::Object(merged)) {
-        Ok(section) => {
-            out(kept, client);
-            section
-        }
-        Err(e) => {
-            ::log::error!(
-                "reload: [{}] could not be merged ({e}); keeping the section in force",
-                T::NAME
-            );
-            out(Vec::new(), false);
-            running.clone()
-        }
+        let section = if kept.is_empty() {
+            new
+        } else {
+            match serde_json::from_value(Value::Object(merged)) {
+                Ok(section) => section,
+                Err(e) => {
+                    ::log::error!(
+                        "reload: [{}] could not be merged ({e}); keeping the section in force",
+                        T::NAME
+                    );
+                    return running.clone();
+                }
+            }
+        };
+        self.kept.extend(kept);
+        self.new_client |= client;
+        section
     }
 }
 
