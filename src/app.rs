@@ -155,8 +155,19 @@ impl App {
             });
         }
         let tls = mqtt_acceptor(config)?;
-        let (mqtt, mqtt_addr, mqtt_tls_addr) =
-            mqtt::start(config, tls, outbox.clone(), &tracker, cancel.clone()).await?;
+        let sessions = mqtt::Sessions {
+            journal: Some(journal.clone()),
+            known: recovery.sessions,
+        };
+        let (mqtt, mqtt_addr, mqtt_tls_addr) = mqtt::start(
+            config,
+            tls,
+            outbox.clone(),
+            sessions,
+            &tracker,
+            cancel.clone(),
+        )
+        .await?;
         log::info!("mqtt endpoint listening on {mqtt_addr}");
         if let Some(addr) = mqtt_tls_addr {
             log::info!("mqtt TLS endpoint listening on {addr}");
@@ -310,7 +321,13 @@ impl App {
     pub async fn shutdown(self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.drain.cancel();
-        let running = self.router.pending_count();
+        let running = self.router.busy_count();
+        let waiting = self.router.waiting_ids().len();
+        if waiting > 0 {
+            log::info!(
+                "{waiting} command(s) wait for appliances that are away; they stay in the journal and wait again after the restart"
+            );
+        }
         if running > 0 {
             log::info!("waiting up to {grace:?} for {running} running command(s)");
             if tokio::time::timeout_at(deadline, self.router.idle())
@@ -319,7 +336,7 @@ impl App {
             {
                 log::warn!(
                     "{} command(s) still running at the end of the stop grace; they will be reported at the next start",
-                    self.router.pending_count()
+                    self.router.busy_count()
                 );
             }
         }

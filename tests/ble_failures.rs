@@ -21,6 +21,7 @@ const DROPS: &str = "AA:BB:CC:DD:EE:24";
 const REFUSES: &str = "AA:BB:CC:DD:EE:25";
 const ODD: &str = "AA:BB:CC:DD:EE:26";
 const ABSENT: &str = "AA:BB:CC:DD:EE:27";
+const SLEEPY: &str = "AA:BB:CC:DD:EE:28";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_appliance_times_out_and_its_late_answer_is_not_taken_for_the_next() {
@@ -211,4 +212,36 @@ async fn a_refused_write_is_an_error() {
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["payload"], "0304");
     assert_eq!(rig.stats().await["connects"][REFUSES], 1);
+}
+
+/// `offline = "queue"`: a command for an appliance that no scan finds waits until it
+/// advertises, then goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queueing_appliance_gets_its_command_once_it_advertises() {
+    let extra = [
+        ble_appliance(
+            "sleepy",
+            SLEEPY,
+            "encoding = \"utf8\"\noffline = \"queue\"\n",
+        ),
+        "\n[ble]\nscan_timeout = \"1s\"\n".to_owned(),
+    ]
+    .concat();
+    let rig = BleRig::start("ble-away", &[], &extra, |_| {});
+    let id = rig
+        .cloud
+        .enqueue(
+            json!({"target": "sleepy", "payload": "wake", "ttl_ms": 120_000, "timeout_ms": 3000}),
+        )
+        .await;
+    rig.daemon
+        .log
+        .wait_async("the command waits for the appliance")
+        .await;
+    assert!(rig.writes(SLEEPY).await.is_empty());
+    BleRig::add_device(&rig.fake, SLEEPY, json!({}));
+    let r = rig.cloud.result(&id).await["result"].clone();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["payload"], "wake", "{r}");
+    assert_eq!(rig.writes(SLEEPY).await, vec![hex(b"wake")]);
 }

@@ -159,6 +159,7 @@ impl Driver {
         let body = PollRequest {
             results: batch.results.clone(),
             pending,
+            waiting: self.router.waiting_ids(),
             events: batch.events.clone(),
             capacity,
         };

@@ -43,6 +43,9 @@ pub struct PollRequest {
     /// Command ids received and not finished: the cloud must not resend them.
     #[serde(default)]
     pub pending: Vec<String>,
+    /// Of `pending`, the ids that wait for an appliance that is away; left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
     /// Unsolicited appliance events and gateway notices.
     #[serde(default)]
     pub events: Vec<Event>,

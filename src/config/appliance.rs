@@ -34,11 +34,14 @@ pub struct ApplianceConfig {
     pub result_char: Option<String>,
     #[serde(default)]
     pub encoding: Option<Encoding>,
+    /// What happens to commands while the appliance is away.
+    #[serde(default)]
+    pub offline: Offline,
 }
 
 /// The keys every `[[appliance]]` may have; the BLE ones are `ble::BLE_KEYS`. All of
 /// them apply live.
-pub const COMMON_KEYS: [&str; 3] = ["id", "transport", "password"];
+pub const COMMON_KEYS: [&str; 4] = ["id", "transport", "password", "offline"];
 
 impl fmt::Debug for ApplianceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -46,6 +49,7 @@ impl fmt::Debug for ApplianceConfig {
             .field("id", &self.id)
             .field("transport", &self.transport)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("offline", &self.offline)
             .finish()
     }
 }
@@ -55,6 +59,22 @@ impl fmt::Debug for ApplianceConfig {
 pub enum TransportKind {
     Mqtt,
     Ble,
+}
+
+/// What a command for an appliance that is away does (`offline` in `[[appliance]]`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Offline {
+    /// `queue` for an MQTT appliance holding a persistent session (it connected with
+    /// `clean_session = false` and subscribed to its cmd topic at QoS 1), as MQTT's own
+    /// rule for such sessions says; `fail` otherwise, and for BLE appliances.
+    #[default]
+    Auto,
+    /// Commands wait, in order, until the appliance is back (within their TTL, or
+    /// `router.max_offline_wait`).
+    Queue,
+    /// A command finds the appliance away: `unreachable` at once.
+    Fail,
 }
 
 /// Checks that a configured hash is a well-formed Argon2 PHC string.

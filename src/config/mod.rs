@@ -28,7 +28,7 @@ mod spans;
 mod state;
 
 pub use self::log::{LogConfig, LogTarget, parse_level};
-pub use appliance::{ApplianceConfig, COMMON_KEYS, TransportKind, check_hash};
+pub use appliance::{ApplianceConfig, COMMON_KEYS, Offline, TransportKind, check_hash};
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
 pub use cloud::CloudConfig;
 pub use gateway::GatewayConfig;

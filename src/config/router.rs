@@ -19,9 +19,13 @@ pub struct RouterConfig {
     /// Commands accepted and not finished, across all appliances (the advertised capacity).
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
-    /// Commands waiting for one appliance.
+    /// Commands accepted for one appliance and not finished: the one it runs (or that
+    /// waits for it to come back) and those queued behind it.
     #[serde(default = "default_max_queue")]
     pub max_queue_per_appliance: usize,
+    /// How long a command without a TTL waits for an appliance that is away.
+    #[serde(default = "default_max_offline_wait", with = "humantime_serde")]
+    pub max_offline_wait: Duration,
     /// Largest command payload accepted from the cloud, in bytes of JSON.
     #[serde(default = "default_max_command_bytes")]
     pub max_command_bytes: usize,
@@ -35,6 +39,7 @@ impl Section for RouterConfig {
         ("max_timeout", Apply::Live),
         ("max_pending", Apply::Live),
         ("max_queue_per_appliance", Apply::Live),
+        ("max_offline_wait", Apply::Live),
         ("max_command_bytes", Apply::Live),
     ];
 }
@@ -51,6 +56,9 @@ fn default_max_pending() -> usize {
 fn default_max_queue() -> usize {
     256
 }
+fn default_max_offline_wait() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_max_command_bytes() -> usize {
     64 * 1024
 }
@@ -62,6 +70,7 @@ impl Default for RouterConfig {
             max_timeout: default_max_timeout(),
             max_pending: default_max_pending(),
             max_queue_per_appliance: default_max_queue(),
+            max_offline_wait: default_max_offline_wait(),
             max_command_bytes: default_max_command_bytes(),
         }
     }
@@ -78,6 +87,14 @@ impl RouterConfig {
         }
         v.at_most("router", "default_timeout", self.default_timeout, DAY, "1d");
         v.at_most("router", "max_timeout", self.max_timeout, DAY, "1d");
+        v.above_zero("router", "max_offline_wait", self.max_offline_wait);
+        v.at_most(
+            "router",
+            "max_offline_wait",
+            self.max_offline_wait,
+            7 * DAY,
+            "7d",
+        );
         v.at_least_one("router", "max_command_bytes", self.max_command_bytes as u64);
         v.at_least_one("router", "max_pending", self.max_pending as u64);
         v.at_least_one(

@@ -438,3 +438,25 @@ fn the_sections_named_in_the_error_are_the_ones_parsed() {
     let p = problems(&format!("{MINIMAL}\n[extra]\n"));
     assert!(p[0].message.contains(SECTIONS), "{p:#?}");
 }
+
+#[test]
+fn offline_policy_parses_and_a_bad_one_is_named_with_its_line() {
+    let c = Config::parse(&MINIMAL.replace(
+        "password = \"pw\"\n",
+        "password = \"pw\"\noffline = \"queue\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.appliances[0].offline, Offline::Queue);
+    assert_eq!(c.router.max_offline_wait, Duration::from_secs(3600));
+    let p = problems(&MINIMAL.replace(
+        "password = \"pw\"\n",
+        "password = \"pw\"\noffline = \"later\"\n",
+    ));
+    assert!(has(&p, "appliance[0].offline", Some(12)), "{p:#?}");
+    let p = problems(&format!("{MINIMAL}[router]\nmax_offline_wait = \"8d\"\n"));
+    assert!(
+        p.iter()
+            .any(|x| x.key == "router.max_offline_wait" && x.message.contains("at most")),
+        "{p:#?}"
+    );
+}

@@ -15,7 +15,7 @@ use super::harness::{APPLIANCE, Harness, with_harness};
 use crate::cloud::wire::{CommandResult, ItemResult, Status};
 use crate::transport::ble::codec::{self, Encoding};
 use crate::transport::mqtt::hub::ToConn;
-use crate::transport::{Dispatch, Outcome, SendGate};
+use crate::transport::{Dispatch, Hold, Outcome, SendGate};
 
 /// An appliance's message body, as the hub decodes it: a PUBLISH payload on its `result`
 /// topic (answering command `c1`, which is waiting for it), `events` and `status` topics,
@@ -42,6 +42,7 @@ impl Harness {
                 timeout: Duration::from_secs(10),
                 deadline: None,
                 gate: SendGate::open(),
+                hold: Hold::fail(),
             };
             let mut execute = pin!(hub.execute(APPLIANCE, dispatch));
             if execute.as_mut().now_or_never().is_some() {

@@ -20,7 +20,12 @@ pub fn config(data: &[u8]) {
             let _ = format!("{config:?}");
             with_harness(|h| {
                 h.enter("config", async {
-                    let _ = crate::transport::mqtt::new_hub(&config, h.outbox.clone()).online();
+                    let _ = crate::transport::mqtt::new_hub(
+                        &config,
+                        h.outbox.clone(),
+                        Default::default(),
+                    )
+                    .online();
                     // The cloud session's timing under each kind of failure, then a success.
                     let now = Instant::now();
                     let mut session = Session::new(

@@ -146,10 +146,16 @@ impl Harness {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (mqtt_addr, router) = rt.block_on(async {
-            let (mqtt, addr, _) =
-                mqtt::start(&config, None, outbox.clone(), &tracker, cancel.clone())
-                    .await
-                    .unwrap_or_else(|e| panic!("harness: cannot start the MQTT endpoint: {e}"));
+            let (mqtt, addr, _) = mqtt::start(
+                &config,
+                None,
+                outbox.clone(),
+                mqtt::Sessions::default(),
+                &tracker,
+                cancel.clone(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("harness: cannot start the MQTT endpoint: {e}"));
             let transports = Transports {
                 mqtt: mqtt.clone(),
                 ble: None,
@@ -164,7 +170,11 @@ impl Harness {
             );
             (addr, router)
         });
-        let hub = Arc::new(crate::transport::mqtt::new_hub(&config, outbox.clone()));
+        let hub = Arc::new(crate::transport::mqtt::new_hub(
+            &config,
+            outbox.clone(),
+            Default::default(),
+        ));
         Harness {
             rt,
             dir,
@@ -209,6 +219,7 @@ impl Harness {
         let body = PollRequest {
             results: batch.results.clone(),
             pending,
+            waiting: self.router.waiting_ids(),
             events: batch.events.clone(),
             capacity: self.router.capacity(),
         };

@@ -67,6 +67,8 @@ enum Req {
         reply: oneshot::Sender<Result<Vec<CommandResult>, JournalError>>,
     },
     Rerun(Vec<String>, oneshot::Sender<Result<(), JournalError>>),
+    /// An MQTT appliance's persistent session: its cmd subscription's QoS, or gone.
+    Session(String, Option<u8>),
     /// Close the database (checkpointing the WAL) after the requests before it.
     Close(oneshot::Sender<()>),
 }
@@ -202,6 +204,13 @@ impl Journal {
     /// Notes that idempotent commands are being run again after a restart.
     pub async fn rerun(&self, ids: Vec<String>) -> Result<(), JournalError> {
         self.ask(|r| Req::Rerun(ids, r)).await
+    }
+
+    /// Remembers (`Some(qos)`) or forgets (`None`) an MQTT appliance's persistent session.
+    /// Queued, not awaited: a session lost in a power cut only means its appliance's
+    /// commands fail instead of waiting until it connects again.
+    pub fn note_session(&self, appliance: &str, qos: Option<u8>) {
+        let _ = self.tx.send(Req::Session(appliance.to_owned(), qos));
     }
 
     /// Finishes the requests already sent, closes the database cleanly and stops the

@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS commands (
     received_at_ms INTEGER NOT NULL,
     finished_at_ms INTEGER
 );
+-- MQTT appliances holding a persistent session (clean_session = false) and the QoS of
+-- their cmd subscription: the session, and the commands it may wait for, outlive a
+-- restart of the gateway as MQTT requires. Added without a schema version: a file
+-- without it gets it at open.
+CREATE TABLE IF NOT EXISTS sessions (
+    appliance TEXT PRIMARY KEY,
+    qos       INTEGER NOT NULL
+);
 -- Results owed to the cloud: deleted when the cloud acks them.
 CREATE TABLE IF NOT EXISTS results (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,6 +79,8 @@ pub struct Recovery {
     pub running: Vec<Interrupted>,
     /// The journal was damaged and set aside: the reason and where the damaged file is.
     pub reset: Option<String>,
+    /// MQTT persistent sessions: appliance and the QoS of its cmd subscription.
+    pub sessions: Vec<(String, u8)>,
 }
 
 impl Store {
@@ -182,10 +192,16 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let sessions = self
+            .conn
+            .prepare("SELECT appliance, qos FROM sessions ORDER BY appliance")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Recovery {
             owed: usize::try_from(owed).unwrap_or(0),
             running,
             reset: None,
+            sessions,
         })
     }
 }

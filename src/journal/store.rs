@@ -79,9 +79,12 @@ impl Store {
         // cloud still has it and resends it, docs/protocol.md); one that was sent cannot,
         // since the fsync of its `sent` mark covers every frame before it.
         let relax = self.sync == SyncMode::Full
-            && group
-                .iter()
-                .all(|r| matches!(r, Req::Ack(..) | Req::Owed { .. } | Req::Commands(..)));
+            && group.iter().all(|r| {
+                matches!(
+                    r,
+                    Req::Ack(..) | Req::Owed { .. } | Req::Commands(..) | Req::Session(..)
+                )
+            });
         let outcome = (|| -> Result<(), JournalError> {
             if relax != self.relaxed {
                 let level = if relax { "NORMAL" } else { "FULL" };
@@ -128,6 +131,19 @@ impl Store {
                                 .map_err(sql_err)?;
                         }
                         replies.push(Reply::Done(reply));
+                    }
+                    Req::Session(appliance, Some(qos)) => {
+                        tx.prepare_cached(
+                            "INSERT INTO sessions (appliance, qos) VALUES (?1, ?2)
+                             ON CONFLICT (appliance) DO UPDATE SET qos = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![appliance, qos]))
+                        .map_err(sql_err)?;
+                    }
+                    Req::Session(appliance, None) => {
+                        tx.prepare_cached("DELETE FROM sessions WHERE appliance = ?1")
+                            .and_then(|mut s| s.execute([appliance]))
+                            .map_err(sql_err)?;
                     }
                     Req::Close(_) => unreachable_close(),
                     Req::Owed {

@@ -309,3 +309,23 @@ async fn a_version_1_journal_is_upgraded_with_its_running_commands_counted_as_se
         .unwrap();
     assert_eq!(version, "2");
 }
+
+/// MQTT persistent sessions outlive a restart; a forgotten one does not come back.
+#[tokio::test]
+async fn persistent_sessions_are_remembered_across_a_restart() {
+    let dir = Dir::new("sessions");
+    let (j, r) = open(&dir);
+    assert!(r.sessions.is_empty());
+    j.note_session("thermo", Some(1));
+    j.note_session("lamp", Some(0));
+    j.note_session("lamp", Some(1));
+    j.note_session("gone", Some(1));
+    j.note_session("gone", None);
+    j.close().await;
+    let (j, r) = open(&dir);
+    assert_eq!(
+        r.sessions,
+        vec![("lamp".to_owned(), 1), ("thermo".to_owned(), 1)]
+    );
+    j.close().await;
+}

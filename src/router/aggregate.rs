@@ -45,15 +45,14 @@ impl Shared {
             committed.await;
             let mut state = shared.lock();
             state.pending.remove(&id);
-            if state.pending.is_empty() {
-                shared.idle.notify_waiters();
-            }
+            drop(state);
+            shared.changed.notify_waiters();
         });
     }
 }
 
 fn aggregate(command_id: &str, p: &Pending) -> CommandResult {
-    let duration_ms = millis(p.received.elapsed());
+    let duration_ms = millis(p.before + p.received.elapsed());
     let mut items: Vec<ItemResult> = p.items.iter().flatten().cloned().collect();
     if !p.multi && items.len() == 1 {
         let item = items.remove(0);

@@ -77,7 +77,7 @@ impl Router {
             match parsed {
                 Ok(cmd) => {
                     let deadline = cmd.ttl_ms.map(|ms| now + Duration::from_millis(ms));
-                    self.begin(cmd, now, deadline, &[]).await;
+                    self.begin(cmd, now, Duration::ZERO, deadline, &[]).await;
                 }
                 Err(why) => self.finish_now(&id, now, Status::Rejected, why).await,
             }
@@ -88,12 +88,17 @@ impl Router {
 
     /// Settles the commands a previous run left running. Where a command never passed its
     /// send gate (`transport::SendGate`) it was never sent: it runs now, in its
-    /// appliance's order, with what is left of its TTL. Where it may have reached an
+    /// appliance's order, with what is left of its TTL (and of `router.max_offline_wait`
+    /// if it waits for an appliance that is away). Where it may have reached an
     /// appliance, that appliance's part is `interrupted`, unless the command is
     /// idempotent, which runs again whole.
     pub async fn recover(&self, running: Vec<Interrupted>) {
         let now = Instant::now();
         for c in running {
+            // Wall-clock time is all that survives a restart (a clock that went backwards
+            // counts as no time).
+            let waited =
+                Duration::from_millis(u64::try_from(now_ms() - c.received_at_ms).unwrap_or(0));
             let every = c.sent.iter().any(|a| a == "*");
             let cmd = serde_json::from_str::<Command>(&c.body)
                 .ok()
@@ -137,13 +142,22 @@ impl Router {
                 }
                 c.sent
             };
-            self.begin(cmd, now, deadline, &sent).await;
+            self.begin(cmd, now, waited, deadline, &sent).await;
         }
     }
 
     /// Queues a command's jobs. The parts for the appliances in `sent` (a restart found
-    /// them possibly delivered) are not run again but answered `interrupted`.
-    async fn begin(&self, cmd: Command, now: Instant, deadline: Option<Instant>, sent: &[String]) {
+    /// them possibly delivered) are not run again but answered `interrupted`. `waited` is
+    /// how long it was accepted before this run: it counts against the hold and in the
+    /// result's `duration_ms`.
+    async fn begin(
+        &self,
+        cmd: Command,
+        now: Instant,
+        waited: Duration,
+        deadline: Option<Instant>,
+        sent: &[String],
+    ) {
         let routing = self.shared.routing();
         let targets = match self.validate(&routing, &cmd) {
             Ok(t) => t,
@@ -160,15 +174,21 @@ impl Router {
             .map(Duration::from_millis)
             .unwrap_or(routing.cfg.default_timeout);
         let payload = Arc::new(cmd.payload);
+        let mut hold_until = now + routing.cfg.max_offline_wait.saturating_sub(waited);
+        if let Some(ttl) = deadline {
+            hold_until = hold_until.min(ttl);
+        }
         let mut refused = Vec::new();
         let mut interrupted = Vec::new();
         let mut idle = Vec::new();
+        let mut behind_waiting = false;
         {
             let mut state = self.shared.lock();
             state.pending.insert(
                 cmd.id.clone(),
                 Pending {
                     received: now,
+                    before: waited,
                     multi,
                     items: vec![None; targets.len()],
                     remaining: targets.len(),
@@ -180,10 +200,15 @@ impl Router {
                     continue;
                 }
                 // `validate` checked every target is configured.
-                let Some(&kind) = routing.appliances.get(target) else {
+                let Some(&(kind, offline)) = routing.appliances.get(target) else {
                     refused.push((index, target.clone(), "appliance is not configured"));
                     continue;
                 };
+                // The bound counts the job the worker runs (or holds) too.
+                let head = state.heads.get(target);
+                let running = usize::from(head.is_some());
+                // A job with a TTL behind a waiting head: its worker must time it.
+                behind_waiting |= deadline.is_some() && head.is_some_and(|h| h.hold.is_waiting());
                 let lane = match state.lanes.get_mut(target) {
                     Some(lane) => lane,
                     None => {
@@ -191,7 +216,7 @@ impl Router {
                         state.lanes.entry(target.clone()).or_default()
                     }
                 };
-                if lane.len() >= routing.cfg.max_queue_per_appliance {
+                if lane.len() + running >= routing.cfg.max_queue_per_appliance {
                     refused.push((index, target.clone(), "appliance queue is full"));
                     continue;
                 }
@@ -202,8 +227,13 @@ impl Router {
                     payload: payload.clone(),
                     deadline,
                     timeout,
+                    offline,
+                    hold_until,
                 });
             }
+        }
+        if behind_waiting {
+            self.shared.changed.notify_waiters();
         }
         for appliance in idle {
             let worker = Worker {

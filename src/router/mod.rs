@@ -6,6 +6,11 @@
 //! order (appliances run concurrently), checking the TTL just before dispatch. Lanes and
 //! workers exist only while an appliance has work: an idle fleet of a thousand appliances
 //! costs no task and no queue per appliance.
+//! An appliance that is away may keep its commands (`offline = "queue"`, or an MQTT
+//! persistent session): its transport then holds the lane's head until the appliance is
+//! back or the command's hold runs out ([`Hold`]), and the commands behind it wait in
+//! order. The driver lists such commands as `waiting`; a stop does not wait for them
+//! (they stay in the journal, never sent, and wait again after the restart).
 //! When every target of a command has finished, the aggregated result goes to the
 //! [`Outbox`]. The driver asks the router which commands are pending and how many more it
 //! can take (the advertised capacity).
@@ -33,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloud::wire::ItemResult;
-use crate::config::{Config, RouterConfig, TransportKind};
+use crate::config::{Config, Offline, RouterConfig, TransportKind};
 use crate::journal::Journal;
 use crate::outbox::Outbox;
-use crate::transport::Transports;
+use crate::transport::{Hold, Transports};
 
 mod aggregate;
 mod intake;
@@ -55,8 +60,9 @@ struct Shared {
     /// What the configuration says; replaced whole on reload.
     routing: RwLock<Arc<Routing>>,
     state: Mutex<State>,
-    /// Woken when the last pending command finishes (graceful stop waits for it).
-    idle: Notify,
+    /// Woken when a pending command finishes and when a command starts or stops waiting
+    /// for its appliance (a graceful stop waits for the others).
+    changed: Arc<Notify>,
     outbox: Arc<Outbox>,
     journal: Journal,
     transports: Transports,
@@ -67,7 +73,7 @@ struct Shared {
 /// Targets and limits from the configuration.
 struct Routing {
     cfg: RouterConfig,
-    appliances: HashMap<String, TransportKind>,
+    appliances: HashMap<String, (TransportKind, Offline)>,
     groups: BTreeMap<String, Vec<String>>,
 }
 
@@ -77,11 +83,20 @@ struct State {
     /// Jobs not yet started, per appliance. An entry exists exactly while a worker runs
     /// for that appliance; the worker removes it when it finds the queue empty.
     lanes: HashMap<String, VecDeque<Job>>,
+    /// The job each lane's worker runs now (taken off its lane).
+    heads: HashMap<String, Head>,
+}
+
+struct Head {
+    command_id: String,
+    hold: Hold,
 }
 
 /// A command some of whose targets have not finished.
 struct Pending {
     received: Instant,
+    /// Time it spent accepted before this run of the gateway (a restart).
+    before: Duration,
     /// Sent to a list or a group: the result carries `items`.
     multi: bool,
     items: Vec<Option<ItemResult>>,
@@ -97,6 +112,9 @@ struct Job {
     payload: Arc<Value>,
     deadline: Option<Instant>,
     timeout: Duration,
+    offline: Offline,
+    /// The last moment it may still be sent to an appliance that is away.
+    hold_until: Instant,
 }
 
 impl Router {
@@ -116,7 +134,7 @@ impl Router {
                 groups: BTreeMap::new(),
             })),
             state: Mutex::new(State::default()),
-            idle: Notify::new(),
+            changed: Arc::new(Notify::new()),
             outbox,
             journal,
             transports,
@@ -137,7 +155,7 @@ impl Router {
             appliances: config
                 .appliances
                 .iter()
-                .map(|a| (a.id.clone(), a.transport))
+                .map(|a| (a.id.clone(), (a.transport, a.offline)))
                 .collect(),
             groups: config.groups.clone(),
         };
@@ -153,13 +171,19 @@ impl Router {
         self.shared.lock().pending.len()
     }
 
-    /// Waits until no command is pending.
+    /// Commands accepted, not finished, and not waiting for an appliance that is away.
+    pub fn busy_count(&self) -> usize {
+        let state = self.shared.lock();
+        state.pending.len() - state.waiting().len()
+    }
+
+    /// Waits until every pending command is finished or waiting for its appliance.
     pub async fn idle(&self) {
         loop {
-            let notified = self.shared.idle.notified();
+            let notified = self.shared.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.pending_count() == 0 {
+            if self.busy_count() == 0 {
                 return;
             }
             notified.await;
@@ -171,6 +195,12 @@ impl Router {
         self.shared.lock().pending.keys().cloned().collect()
     }
 
+    /// Pending command ids that wait for an appliance that is away: the command its
+    /// transport holds, and those queued behind it for that appliance.
+    pub fn waiting_ids(&self) -> Vec<String> {
+        self.shared.lock().waiting().into_iter().collect()
+    }
+
     /// How many more commands may be accepted now: none while the journal is full or
     /// failing, so the cloud keeps them.
     pub fn capacity(&self) -> u32 {
@@ -180,6 +210,25 @@ impl Router {
         let pending = self.shared.lock().pending.len();
         let max = self.shared.routing().cfg.max_pending;
         u32::try_from(max.saturating_sub(pending)).unwrap_or(u32::MAX)
+    }
+}
+
+impl State {
+    fn waiting(&self) -> std::collections::BTreeSet<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for (appliance, head) in &self.heads {
+            if !head.hold.is_waiting() {
+                continue;
+            }
+            ids.insert(head.command_id.clone());
+            if let Some(lane) = self.lanes.get(appliance) {
+                ids.extend(lane.iter().map(|j| j.command_id.clone()));
+            }
+        }
+        // A command finished for the appliance that waits but not yet for another of its
+        // targets is still pending; one whose result is being committed is not waiting.
+        ids.retain(|id| self.pending.contains_key(id));
+        ids
     }
 }
 

@@ -34,10 +34,16 @@ async fn lanes_come_and_go_with_work_and_are_bounded() {
     let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
     let outbox = Arc::new(Outbox::new(journal.clone(), 100));
     let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let (mqtt, _, _) =
-        crate::transport::mqtt::start(&config, None, outbox.clone(), &tracker, cancel.clone())
-            .await
-            .unwrap();
+    let (mqtt, _, _) = crate::transport::mqtt::start(
+        &config,
+        None,
+        outbox.clone(),
+        Default::default(),
+        &tracker,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
     let transports = Transports { mqtt, ble: None };
     let router = Router::start(
         &config,
@@ -56,7 +62,7 @@ async fn lanes_come_and_go_with_work_and_are_bounded() {
     let mut commands: Vec<Value> = (0..40)
         .map(|n| json!({"id": format!("c{n}"), "target": format!("a{}", n % 20)}))
         .collect();
-    // Five at once for one appliance: one runs, three queue, one is over the bound.
+    // Five at once for one appliance: one runs, two queue, two are over the bound.
     commands.extend((0..5).map(|n| json!({"id": format!("burst{n}"), "target": "a0"})));
     router.submit(commands).await;
     router.idle().await;

@@ -5,13 +5,16 @@
 //! knows nothing about MQTT topics or GATT characteristics. [`mqtt`] is the daemon's own
 //! MQTT endpoint; [`ble`] reaches Bluetooth Low Energy appliances through BlueZ.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::cloud::wire::Status;
-use crate::config::TransportKind;
+use crate::config::{Offline, TransportKind};
 use crate::journal::Journal;
 
 pub mod ble;
@@ -31,6 +34,70 @@ pub struct Dispatch {
     /// Passed (awaited) by the transport right before the command leaves: the PUBLISH
     /// handed to the connection, the GATT write. Nothing may be sent before it.
     pub gate: SendGate,
+    /// Whether, and until when, the command may wait for an appliance that is away.
+    pub hold: Hold,
+}
+
+/// How a command treats an appliance that is away (not connected, not subscribed, reported
+/// offline; for BLE, not seen advertising): wait for it, or fail at once. While it waits,
+/// the transport says so through [`Hold::waiting`], so the router can list the command as
+/// waiting and a stop need not wait for it.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub offline: Offline,
+    /// The last moment the command may still be sent: its TTL, or
+    /// `router.max_offline_wait` after it was accepted, whichever is first.
+    pub until: Instant,
+    waiting: Arc<AtomicBool>,
+    changed: Option<Arc<Notify>>,
+}
+
+impl Hold {
+    /// `changed` is woken whenever the command starts or stops waiting.
+    pub fn new(offline: Offline, until: Instant, changed: Arc<Notify>) -> Hold {
+        Hold {
+            offline,
+            until,
+            waiting: Arc::new(AtomicBool::new(false)),
+            changed: Some(changed),
+        }
+    }
+
+    /// Never waits for an appliance (the fuzz harness).
+    pub fn fail() -> Hold {
+        Hold {
+            offline: Offline::Fail,
+            until: Instant::now(),
+            waiting: Arc::new(AtomicBool::new(false)),
+            changed: None,
+        }
+    }
+
+    /// Marks the command as waiting for its appliance to come back, or as no longer
+    /// waiting. A transport clears it before passing the send gate.
+    pub fn waiting(&self, yes: bool) {
+        if self.waiting.swap(yes, Ordering::SeqCst) != yes
+            && let Some(changed) = &self.changed
+        {
+            changed.notify_waiters();
+        }
+    }
+
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// What a command that waited in vain gets: `expired` when its TTL bounded the wait,
+    /// `unreachable` when `router.max_offline_wait` did.
+    pub fn gave_up(&self, dispatch_ttl_passed: bool, why: &str) -> Outcome {
+        if dispatch_ttl_passed {
+            Outcome::Expired(format!("ttl ran out while {why}; not sent"))
+        } else {
+            Outcome::Unreachable(format!(
+                "not sent: {why} for longer than router.max_offline_wait"
+            ))
+        }
+    }
 }
 
 /// The last step before a command leaves for an appliance: the journal records, durably,

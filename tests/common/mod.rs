@@ -86,7 +86,7 @@ impl Lines {
         lines
     }
 
-    fn follow(&self, pipe: impl std::io::Read + Send + 'static, echo: &'static str) {
+    pub fn follow(&self, pipe: impl std::io::Read + Send + 'static, echo: &'static str) {
         let this = self.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {

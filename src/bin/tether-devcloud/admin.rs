@@ -51,10 +51,15 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         ([gw, "commands"], Method::POST) => enqueue(app, gw, req).await,
         ([gw, "commands"], Method::GET) => {
             let (queued, delivered) = app.store.commands(gw);
-            let capacity = app.store.last_capacity(gw);
+            let (capacity, waiting) = app.store.last_poll(gw);
             http::json(
                 StatusCode::OK,
-                &json!({ "queued": queued, "delivered": delivered, "capacity": capacity }),
+                &json!({
+                    "queued": queued,
+                    "delivered": delivered,
+                    "capacity": capacity,
+                    "waiting": waiting,
+                }),
             )
         }
         ([gw, "faults"], Method::POST) => faults(app, gw, req).await,

@@ -64,6 +64,8 @@ pub struct Gateway {
     answered: HashSet<String>,
     /// What the last poll advertised.
     pub last_capacity: Option<u32>,
+    /// What the last poll listed as waiting for appliances that are away.
+    pub last_waiting: Vec<String>,
 }
 
 impl Gateway {

@@ -108,6 +108,7 @@ impl Store {
         let acked = g.store_results(req.results, now_ms);
         g.push_events(req.events);
         g.last_capacity = Some(req.capacity);
+        g.last_waiting = req.waiting;
         let requeued = g.requeue_lost(&req.pending);
         g.poll_generation += 1;
         let generation = g.poll_generation;
@@ -156,9 +157,11 @@ impl Store {
         self.lock().gateway(gw).set_ignore_results(ignore_results);
     }
 
-    /// What the last poll of `gw` advertised as its capacity.
-    pub fn last_capacity(&self, gw: &str) -> Option<u32> {
-        self.lock().gateway(gw).last_capacity
+    /// What the last poll of `gw` advertised as its capacity, and listed as waiting.
+    pub fn last_poll(&self, gw: &str) -> (Option<u32>, Vec<String>) {
+        let mut inner = self.lock();
+        let g = inner.gateway(gw);
+        (g.last_capacity, g.last_waiting.clone())
     }
 
     /// Appends commands to the queue, giving `cN` ids to those without one, and wakes a

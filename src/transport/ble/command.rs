@@ -4,7 +4,9 @@
 //! exchange) fits in the command's timeout, and a TTL deadline stops it before the write.
 //! What is retried: only what happens before the write (finding the device, connecting,
 //! a link found dead before use). What never is: the write. Outcomes: nothing sent ->
-//! `unreachable` (or `expired` when the TTL ran out first); written and the link dropped
+//! `unreachable` (or `expired` when the TTL ran out first); for an appliance whose entry
+//! says `offline = "queue"`, not finding it first waits for it to advertise again, within
+//! the command's hold, and the timeout starts once it is seen; written and the link dropped
 //! -> `interrupted`; written and refused -> `error`; no answer in time -> `timeout`.
 
 use std::panic::AssertUnwindSafe;
@@ -16,7 +18,9 @@ use tokio::time::Instant;
 use super::fault::Fault;
 use super::link::{Exchange, Link};
 use super::pool::{Kept, Permit};
+use super::radio::FindError;
 use super::{Shared, Target, codec};
+use crate::config::Offline;
 use crate::transport::{Dispatch, Outcome, SendGate};
 
 /// Connect attempts per command (each bounded by `ble.connect_timeout`).
@@ -24,9 +28,10 @@ const CONNECT_ATTEMPTS: u32 = 3;
 /// First pause between connect attempts; doubled each time, with jitter so that waiters
 /// do not retry in step (BlueZ's connection-slot storms).
 const CONNECT_BACKOFF: Duration = Duration::from_millis(200);
+/// How often a command waiting for an appliance looks again while there is no adapter.
+const ADAPTER_RECHECK: Duration = Duration::from_secs(5);
 
 pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Outcome {
-    let deadline = Instant::now() + d.timeout;
     let Some(target) = shared.radio.target(appliance) else {
         return Outcome::Unreachable("not a configured BLE appliance".into());
     };
@@ -34,6 +39,13 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
         Ok(bytes) => bytes,
         Err(e) => return Outcome::Error(format!("not sent: {e}")),
     };
+    if d.hold.offline == Offline::Queue
+        && let Err(outcome) = wait_until_seen(shared, appliance, &d).await
+    {
+        return outcome;
+    }
+    // The timeout starts once the appliance is there: a wait for it is the hold's.
+    let deadline = Instant::now() + d.timeout;
     let until = d.deadline.map_or(deadline, |ttl| ttl.min(deadline));
     // Scanning needs no link: an appliance not seen yet is waited for before a slot is
     // taken, so absent appliances cannot hold every slot while present ones queue.
@@ -83,6 +95,46 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
                 Outcome::Interrupted("the BLE task failed after the command was written".into())
             } else {
                 Outcome::Unreachable("not sent: the BLE task failed".into())
+            }
+        }
+    }
+}
+
+/// For an appliance whose commands wait while it is away: looks for it, scanning, until
+/// it is seen advertising or the command's hold runs out.
+async fn wait_until_seen(shared: &Shared, appliance: &str, d: &Dispatch) -> Result<(), Outcome> {
+    let hold = &d.hold;
+    loop {
+        match shared.radio.find(appliance, hold.until).await {
+            Ok(_) => {
+                if hold.is_waiting() {
+                    log::info!(command_id = d.command_id.as_str(), appliance = appliance, transport = "ble";
+                        "appliance is back; sending the command that waited for it");
+                }
+                hold.waiting(false);
+                return Ok(());
+            }
+            Err(FindError::Unknown) => {
+                return Err(Outcome::Unreachable(
+                    "not a configured BLE appliance".into(),
+                ));
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if now >= hold.until {
+                    hold.waiting(false);
+                    let why = format!("the appliance was away ({e})");
+                    return Err(hold.gave_up(d.ttl_passed(now), &why));
+                }
+                if !hold.is_waiting() {
+                    log::info!(command_id = d.command_id.as_str(), appliance = appliance, transport = "ble";
+                        "{e}: the command waits for the appliance");
+                }
+                hold.waiting(true);
+                if matches!(e, FindError::NoAdapter(_)) {
+                    // Answered at once while the adapter is gone: look again later.
+                    tokio::time::sleep_until(hold.until.min(now + ADAPTER_RECHECK)).await;
+                }
             }
         }
     }

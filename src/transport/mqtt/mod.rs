@@ -30,7 +30,7 @@ pub mod limits;
 pub mod tls;
 pub mod topic;
 
-pub use hub::Stats;
+pub use hub::{Sessions, Stats};
 
 /// Bytes of MQTT framing allowed on top of `max_payload` (fixed header, topic, packet id).
 const FRAMING_ALLOWANCE: usize = 1024;
@@ -70,7 +70,7 @@ impl MqttHandle {
 }
 
 /// The hub for the configuration's MQTT appliances.
-pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>) -> hub::Hub {
+pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>, sessions: Sessions) -> hub::Hub {
     let m = &config.mqtt;
     hub::Hub::new(
         m.topic_prefix.clone(),
@@ -79,6 +79,7 @@ pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>) -> hub::Hub {
         outbox,
         m.startup_grace,
         m.max_event_rate,
+        sessions,
     )
 }
 
@@ -116,11 +117,12 @@ pub async fn start(
     config: &Config,
     tls: Option<tokio_rustls::TlsAcceptor>,
     outbox: Arc<Outbox>,
+    sessions: Sessions,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(MqttHandle, SocketAddr, Option<SocketAddr>), ListenError> {
     let m = &config.mqtt;
-    let hub = Arc::new(new_hub(config, outbox));
+    let hub = Arc::new(new_hub(config, outbox, sessions));
     let (listener, local) = bind("mqtt.listen", m.listen).await?;
     let limits = conn::Limits {
         max_packet: m.max_payload + FRAMING_ALLOWANCE,

@@ -1,6 +1,8 @@
 //! Sending one command to an appliance and waiting for its answer: claim the appliance's
-//! connection (waiting out the start-up grace for one not yet ready), queue the PUBLISH on
-//! it, and wait, up to the command's timeout, for the result `inbound.rs` matches to it.
+//! connection (waiting out the start-up grace for one not yet ready, or, for an appliance
+//! whose commands wait while it is away, until it is back or the command's hold runs out),
+//! queue the PUBLISH on it, and wait, up to the command's timeout, for the result
+//! `inbound.rs` matches to it.
 //!
 //! Called by the router's workers through `MqttHandle::execute`.
 
@@ -11,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Hub, ToConn};
+use crate::config::Offline;
 use crate::transport::mqtt::topic;
 use crate::transport::{Dispatch, Outcome};
 
@@ -36,14 +39,40 @@ impl Hub {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let waiting = match self.claim(id, &dispatch.command_id, &mut tx) {
+            let hold = &dispatch.hold;
+            let waiting = match self.claim(id, &dispatch.command_id, &mut tx, hold.offline) {
                 // Woken just as the TTL ran out: not sent after all.
                 Ok(_) if dispatch.ttl_passed(Instant::now()) => {
                     self.forget(id, &dispatch.command_id);
+                    hold.waiting(false);
                     return Outcome::Expired(EXPIRED_WAITING.into());
                 }
-                Ok(conn) => break conn,
+                Ok(conn) => {
+                    if hold.is_waiting() {
+                        log::info!(command_id = dispatch.command_id.as_str(), appliance = id, transport = "mqtt";
+                            "appliance is back; sending the command that waited for it");
+                    }
+                    hold.waiting(false);
+                    break conn;
+                }
                 Err(Claim::Unreachable(why)) => why,
+                Err(Claim::Away(why)) => {
+                    let now = Instant::now();
+                    if now >= hold.until {
+                        hold.waiting(false);
+                        let why = format!("the appliance was away ({why})");
+                        return hold.gave_up(dispatch.ttl_passed(now), &why);
+                    }
+                    if !hold.is_waiting() {
+                        log::info!(command_id = dispatch.command_id.as_str(), appliance = id, transport = "mqtt";
+                            "{why}: the command waits for it");
+                    }
+                    hold.waiting(true);
+                    tokio::select! {
+                        _ = ready => continue,
+                        _ = tokio::time::sleep_until(hold.until) => continue,
+                    }
+                }
                 Err(Claim::NotReady(why)) => {
                     // Waiting out the start-up grace never carries a command past its TTL.
                     let mut until = self.grace_until.min(started + dispatch.timeout);
@@ -95,21 +124,41 @@ impl Hub {
         id: &str,
         command_id: &str,
         tx: &mut Option<oneshot::Sender<Outcome>>,
+        offline: Offline,
     ) -> Result<(mpsc::Sender<ToConn>, QoS), Claim> {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(id) else {
             return Err(Claim::Unreachable("not an MQTT appliance"));
         };
+        // MQTT's rule for a persistent session: QoS 1 messages wait for the client.
+        let holds = match offline {
+            Offline::Queue => true,
+            Offline::Fail => false,
+            Offline::Auto => slot.persistent && slot.subscription == Some(QoS::AtLeastOnce),
+        };
         let Some(conn) = &slot.conn else {
-            return Err(Claim::NotReady("appliance is not connected"));
+            let why = "appliance is not connected";
+            return Err(if holds {
+                Claim::Away(why)
+            } else {
+                Claim::NotReady(why)
+            });
         };
         if slot.reported_offline {
-            return Err(Claim::Unreachable("appliance reported offline"));
+            let why = "appliance reported offline";
+            return Err(if holds {
+                Claim::Away(why)
+            } else {
+                Claim::Unreachable(why)
+            });
         }
         let Some(qos) = slot.subscription else {
-            return Err(Claim::NotReady(
-                "appliance is not subscribed to its cmd topic",
-            ));
+            let why = "appliance is not subscribed to its cmd topic";
+            return Err(if holds {
+                Claim::Away(why)
+            } else {
+                Claim::NotReady(why)
+            });
         };
         let conn_tx = conn.tx.clone();
         if let Some(tx) = tx.take() {
@@ -130,4 +179,6 @@ enum Claim {
     Unreachable(&'static str),
     /// May change once the appliance (re)connects and subscribes.
     NotReady(&'static str),
+    /// Away, and its commands wait for it (`Hold`).
+    Away(&'static str),
 }

@@ -150,6 +150,10 @@ impl Hub {
             }
             _ => false,
         };
+        if changed && !offline {
+            // Commands waiting for it may go now.
+            self.ready.notify_waiters();
+        }
         if changed && self.admit_event(id) {
             self.presence(id, if offline { "offline" } else { "online" });
         }

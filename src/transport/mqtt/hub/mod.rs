@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Secret, Verifier};
 use super::limits::Bucket;
 use crate::cloud::wire::Event;
+use crate::journal::Journal;
 use crate::outbox::Outbox;
 use crate::transport::Outcome;
 
@@ -52,6 +53,14 @@ pub enum ToConn {
     Publish(Box<Publish>),
 }
 
+/// Persistent sessions a previous run left (appliance, QoS of its cmd subscription), and
+/// the journal that keeps them; none in the fuzz harness.
+#[derive(Default)]
+pub struct Sessions {
+    pub journal: Option<Journal>,
+    pub known: Vec<(String, u8)>,
+}
+
 pub struct Hub {
     prefix: String,
     max_payload: usize,
@@ -67,6 +76,8 @@ pub struct Hub {
     ready: Notify,
     /// `mqtt.max_event_rate`; the burst is twice this.
     event_rate: AtomicU32,
+    /// Where persistent sessions are remembered across restarts.
+    sessions: Option<Journal>,
     pub stats: Stats,
 }
 
@@ -77,7 +88,8 @@ struct Slot {
     reported_offline: bool,
     /// QoS granted on its `cmd` subscription.
     subscription: Option<QoS>,
-    /// Keep the subscription across reconnects (clean_session = false).
+    /// Keep the subscription across reconnects (clean_session = false), and across
+    /// restarts of the gateway (the journal remembers it).
     persistent: bool,
     /// Commands sent and not answered, by command id.
     waiting: HashMap<String, oneshot::Sender<Outcome>>,
@@ -107,11 +119,25 @@ impl Hub {
         outbox: Arc<Outbox>,
         startup_grace: std::time::Duration,
         event_rate: u32,
+        sessions: Sessions,
     ) -> Hub {
-        let slots = passwords
+        let mut slots: HashMap<String, Slot> = passwords
             .keys()
             .map(|id| (id.clone(), Slot::default()))
             .collect();
+        for (id, qos) in sessions.known {
+            match (slots.get_mut(&id), rumqttc::mqttbytes::qos(qos)) {
+                (Some(slot), Ok(qos)) => {
+                    slot.persistent = true;
+                    slot.subscription = Some(qos);
+                }
+                _ => {
+                    if let Some(journal) = &sessions.journal {
+                        journal.note_session(&id, None);
+                    }
+                }
+            }
+        }
         Hub {
             prefix,
             max_payload,
@@ -123,7 +149,14 @@ impl Hub {
             grace_until: Instant::now() + startup_grace,
             ready: Notify::new(),
             event_rate: AtomicU32::new(event_rate.max(1)),
+            sessions: sessions.journal,
             stats: Stats::default(),
+        }
+    }
+
+    fn remember_session(&self, id: &str, qos: Option<QoS>) {
+        if let Some(journal) = &self.sessions {
+            journal.note_session(id, qos.map(|q| q as u8));
         }
     }
 
@@ -180,8 +213,8 @@ impl Hub {
                     log::info!(appliance = id.as_str(); "configuration changed: disconnecting the appliance");
                     conn.kick.cancel();
                 }
-                if removed {
-                    slots.remove(id);
+                if removed && slots.remove(id).is_some_and(|s| s.persistent) {
+                    self.remember_session(id, None);
                 }
             }
         }
@@ -205,6 +238,10 @@ impl Hub {
         let session_present = !clean_session && slot.persistent && slot.subscription.is_some();
         if !session_present {
             slot.subscription = None;
+        }
+        if clean_session && slot.persistent {
+            // A clean session ends the persistent one (MQTT-3.1.2-6).
+            self.remember_session(id, None);
         }
         slot.persistent = !clean_session;
         slot.reported_offline = false;
@@ -251,8 +288,16 @@ impl Hub {
     }
 
     pub fn subscribed(&self, id: &str, qos: Option<QoS>) {
-        if let Some(slot) = self.lock().get_mut(id) {
-            slot.subscription = qos;
+        let remember = match self.lock().get_mut(id) {
+            Some(slot) => {
+                let changed = slot.subscription != qos;
+                slot.subscription = qos;
+                slot.persistent && changed
+            }
+            None => false,
+        };
+        if remember {
+            self.remember_session(id, qos);
         }
         self.ready.notify_waiters();
     }
