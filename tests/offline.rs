@@ -180,3 +180,40 @@ async fn the_queue_is_bounded_and_a_clean_session_appliance_still_fails_at_once(
     let got: Vec<String> = q.drain().into_iter().map(|(id, _)| id).collect();
     assert_eq!(got, ids[..3].to_vec());
 }
+
+/// A stop does not sit out its grace for commands that wait for an appliance: they were
+/// never sent, stay in the journal, and wait again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_leaves_waiting_commands_to_wait_after_the_restart() {
+    let dir = TempDir::new("away-stop");
+    let cloud = DevCloud::start(dir.path(), &["--max-wait-s", "1"]);
+    let port = free_port();
+    let mqtt = format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"0s\"\n");
+    let extra = format!("{}offline = \"queue\"\n", mqtt_appliance("q-1"));
+    let cfg = config_with_mqtt(dir.path(), &cloud, &[], &mqtt, &extra);
+    let mut daemon = Tetherd::start(&cfg);
+    let ids = cloud
+        .enqueue_many(vec![
+            json!({"target": "q-1", "payload": {"n": 1}}),
+            json!({"target": "q-1", "payload": {"n": 2}}),
+        ])
+        .await;
+    until_waiting(&cloud, &ids).await;
+    assert!(daemon.terminate().success());
+    let log = daemon.log.all().join("\n");
+    assert!(
+        log.contains("2 command(s) wait for appliances that are away"),
+        "{log}"
+    );
+    assert!(!log.contains("end of the stop grace"), "{log}");
+
+    let daemon = Tetherd::start(&cfg);
+    daemon.log.wait_async("2 command(s) left unfinished").await;
+    until_waiting(&cloud, &ids).await;
+    let mut q = Appliance::connect(daemon.mqtt, "q-1", Behaviour::Echo).await;
+    for id in &ids {
+        assert_eq!(cloud.result(id).await["result"]["status"], "ok");
+    }
+    let got: Vec<String> = q.drain().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(got, ids);
+}

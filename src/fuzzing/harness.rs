@@ -59,15 +59,19 @@ sync = "normal"
 [log]
 level = "trace"
 
+# Commands never wait for an appliance that is away (an input's persistent session would
+# otherwise hold them for the next input): each input starts from the same state.
 [[appliance]]
 id = "lamp-1"
 transport = "mqtt"
 password = "pw-lamp-1"
+offline = "fail"
 
 [[appliance]]
 id = "lamp-2"
 transport = "mqtt"
 password = "pw-lamp-2"
+offline = "fail"
 
 # Never started here: its commands are unreachable at once.
 [[appliance]]

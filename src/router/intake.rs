@@ -181,7 +181,6 @@ impl Router {
         let mut refused = Vec::new();
         let mut interrupted = Vec::new();
         let mut idle = Vec::new();
-        let mut behind_waiting = false;
         {
             let mut state = self.shared.lock();
             state.pending.insert(
@@ -207,8 +206,14 @@ impl Router {
                 // The bound counts the job the worker runs (or holds) too.
                 let head = state.heads.get(target);
                 let running = usize::from(head.is_some());
-                // A job with a TTL behind a waiting head: its worker must time it.
-                behind_waiting |= deadline.is_some() && head.is_some_and(|h| h.hold.is_waiting());
+                if let Some(head) = head
+                    && deadline.is_some()
+                    && head.hold.is_waiting()
+                {
+                    // Queued behind a command that waits for the appliance: the worker
+                    // must time this one's TTL too.
+                    head.hold.poke();
+                }
                 let lane = match state.lanes.get_mut(target) {
                     Some(lane) => lane,
                     None => {
@@ -231,9 +236,6 @@ impl Router {
                     hold_until,
                 });
             }
-        }
-        if behind_waiting {
-            self.shared.changed.notify_waiters();
         }
         for appliance in idle {
             let worker = Worker {

@@ -54,7 +54,7 @@ impl Worker {
             let run = self.run_job(&job, hold.clone());
             tokio::pin!(run);
             let item = loop {
-                let changed = self.shared.changed.notified();
+                let changed = hold.changed();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
                 let waiting = hold.is_waiting();

@@ -41,25 +41,32 @@ pub struct Dispatch {
 /// How a command treats an appliance that is away (not connected, not subscribed, reported
 /// offline; for BLE, not seen advertising): wait for it, or fail at once. While it waits,
 /// the transport says so through [`Hold::waiting`], so the router can list the command as
-/// waiting and a stop need not wait for it.
+/// waiting, time out what queues behind it, and not wait for it when stopping.
 #[derive(Debug, Clone)]
 pub struct Hold {
     pub offline: Offline,
     /// The last moment the command may still be sent: its TTL, or
     /// `router.max_offline_wait` after it was accepted, whichever is first.
     pub until: Instant,
-    waiting: Arc<AtomicBool>,
-    changed: Option<Arc<Notify>>,
+    state: Arc<HoldState>,
+    /// Also woken when the command starts or stops waiting (the router's stop waits on it).
+    all: Option<Arc<Notify>>,
+}
+
+#[derive(Debug, Default)]
+struct HoldState {
+    waiting: AtomicBool,
+    /// Woken when the command starts or stops waiting, and by [`Hold::poke`].
+    changed: Notify,
 }
 
 impl Hold {
-    /// `changed` is woken whenever the command starts or stops waiting.
-    pub fn new(offline: Offline, until: Instant, changed: Arc<Notify>) -> Hold {
+    pub fn new(offline: Offline, until: Instant, all: Arc<Notify>) -> Hold {
         Hold {
             offline,
             until,
-            waiting: Arc::new(AtomicBool::new(false)),
-            changed: Some(changed),
+            state: Arc::default(),
+            all: Some(all),
         }
     }
 
@@ -68,23 +75,35 @@ impl Hold {
         Hold {
             offline: Offline::Fail,
             until: Instant::now(),
-            waiting: Arc::new(AtomicBool::new(false)),
-            changed: None,
+            state: Arc::default(),
+            all: None,
         }
     }
 
     /// Marks the command as waiting for its appliance to come back, or as no longer
     /// waiting. A transport clears it before passing the send gate.
     pub fn waiting(&self, yes: bool) {
-        if self.waiting.swap(yes, Ordering::SeqCst) != yes
-            && let Some(changed) = &self.changed
-        {
-            changed.notify_waiters();
+        if self.state.waiting.swap(yes, Ordering::SeqCst) != yes {
+            self.state.changed.notify_waiters();
+            if let Some(all) = &self.all {
+                all.notify_waiters();
+            }
         }
     }
 
     pub fn is_waiting(&self) -> bool {
-        self.waiting.load(Ordering::SeqCst)
+        self.state.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next change of [`Hold::waiting`] or [`Hold::poke`] after it is
+    /// enabled (or first polled).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.state.changed.notified()
+    }
+
+    /// Wakes whoever awaits [`Hold::changed`] (a job queued behind a waiting command).
+    pub fn poke(&self) {
+        self.state.changed.notify_waiters();
     }
 
     /// What a command that waited in vain gets: `expired` when its TTL bounded the wait,

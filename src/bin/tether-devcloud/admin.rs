@@ -1,6 +1,7 @@
 //! The admin API (plain HTTP/1.1, meant for loopback): how tests, the demo and the
 //! benchmarks drive the devcloud. Enqueue commands, read results (optionally waiting for
-//! one), events, queue contents and server counters.
+//! one), events, queue contents (with what the last poll listed as `waiting`) and server
+//! counters.
 
 use std::time::Duration;
 
