@@ -55,8 +55,6 @@ impl Worker {
             tokio::pin!(run);
             let item = loop {
                 let changed = hold.changed();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
                 let waiting = hold.is_waiting();
                 if waiting && cancel.is_cancelled() {
                     // Stopping: a command waiting for its appliance was never sent; it
@@ -71,12 +69,20 @@ impl Worker {
                 } else {
                     None
                 };
-                let far = Instant::now() + std::time::Duration::from_secs(86_400);
+                let expiry = async {
+                    match next_expiry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
+                    biased;
                     item = &mut run => break item,
                     _ = changed => {}
-                    _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
-                    _ = tokio::time::sleep_until(next_expiry.unwrap_or(far)), if next_expiry.is_some() => {}
+                    // A stop matters only to a waiting command (one on its way finishes);
+                    // one that starts waiting after the stop is caught by `changed`.
+                    _ = cancel.cancelled(), if waiting && !cancel.is_cancelled() => {}
+                    _ = expiry, if next_expiry.is_some() => {}
                 }
             };
             self.shared.lock().heads.remove(&self.appliance);

@@ -6,7 +6,10 @@
 //! MQTT endpoint; [`ble`] reaches Bluetooth Low Energy appliances through BlueZ.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -56,8 +59,11 @@ pub struct Hold {
 #[derive(Debug, Default)]
 struct HoldState {
     waiting: AtomicBool,
-    /// Woken when the command starts or stops waiting, and by [`Hold::poke`].
-    changed: Notify,
+    /// Bumped when the command starts or stops waiting, and by [`Hold::poke`].
+    generation: AtomicU64,
+    /// The one task that awaits [`Hold::changed`] (the appliance's worker). Lock-free:
+    /// the worker polls it at every wake-up of the command it runs.
+    waker: AtomicWaker,
 }
 
 impl Hold {
@@ -84,7 +90,7 @@ impl Hold {
     /// waiting. A transport clears it before passing the send gate.
     pub fn waiting(&self, yes: bool) {
         if self.state.waiting.swap(yes, Ordering::SeqCst) != yes {
-            self.state.changed.notify_waiters();
+            self.bump();
             if let Some(all) = &self.all {
                 all.notify_waiters();
             }
@@ -95,15 +101,30 @@ impl Hold {
         self.state.waiting.load(Ordering::SeqCst)
     }
 
-    /// Resolves at the next change of [`Hold::waiting`] or [`Hold::poke`] after it is
-    /// enabled (or first polled).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.state.changed.notified()
+    /// Resolves at the first change of [`Hold::waiting`] or [`Hold::poke`] after this
+    /// call (not after its first poll). For one task at a time.
+    pub fn changed(&self) -> impl Future<Output = ()> + '_ {
+        let seen = self.state.generation.load(Ordering::SeqCst);
+        std::future::poll_fn(move |cx| {
+            if self.state.generation.load(Ordering::SeqCst) != seen {
+                return Poll::Ready(());
+            }
+            self.state.waker.register(cx.waker());
+            if self.state.generation.load(Ordering::SeqCst) != seen {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
     }
 
     /// Wakes whoever awaits [`Hold::changed`] (a job queued behind a waiting command).
     pub fn poke(&self) {
-        self.state.changed.notify_waiters();
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.state.generation.fetch_add(1, Ordering::SeqCst);
+        self.state.waker.wake();
     }
 
     /// What a command that waited in vain gets: `expired` when its TTL bounded the wait,
