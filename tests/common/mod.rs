@@ -425,6 +425,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The real daemon, as a child process.
 pub struct Tetherd {
     child: Child,
@@ -444,8 +455,24 @@ impl Tetherd {
 
     /// Starts the daemon under `wrapper` (a command line that ends by running the binary
     /// given as its last argument, e.g. `unshare ... sh -c '... exec "$0" "$@"'`).
+    ///
+    /// The daemon is this build's, unless `TETHER_TEST_TETHERD` names another binary (a
+    /// cross build), run under `TETHER_TEST_EMULATOR` (e.g. `qemu-aarch64-static -L
+    /// /usr/aarch64-linux-gnu`) when that is set too; `.ci/cross` runs tests so.
     pub fn start_wrapped(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Tetherd {
-        let bin = env!("CARGO_BIN_EXE_tetherd");
+        let other = std::env::var("TETHER_TEST_TETHERD").ok();
+        let emulator = std::env::var("TETHER_TEST_EMULATOR").unwrap_or_default();
+        let bin = other.as_deref().unwrap_or(env!("CARGO_BIN_EXE_tetherd"));
+        let emulator: Vec<&str> = emulator.split_whitespace().collect();
+        assert!(
+            emulator.is_empty() || wrapper.is_empty(),
+            "a test that wraps tetherd itself cannot run under TETHER_TEST_EMULATOR"
+        );
+        let wrapper = if wrapper.is_empty() {
+            &emulator[..]
+        } else {
+            wrapper
+        };
         let mut cmd = match wrapper.split_first() {
             None => Command::new(bin),
             Some((first, rest)) => {
@@ -463,7 +490,10 @@ impl Tetherd {
         let mut child = cmd.spawn().expect("spawn tetherd");
         let log = Lines::default();
         log.follow(child.stderr.take().unwrap(), "tetherd");
+        // A daemon that never gets there is killed with the failing test, not left running.
+        let mut guard = KillOnDrop(Some(child));
         let line = log.wait_for("mqtt endpoint listening on ");
+        let child = guard.0.take().unwrap();
         let mqtt = line
             .split_whitespace()
             .find_map(|w| w.parse().ok())
