@@ -100,13 +100,20 @@ impl Router {
             let waited =
                 Duration::from_millis(u64::try_from(now_ms() - c.received_at_ms).unwrap_or(0));
             let every = c.sent.iter().any(|a| a == "*");
-            let cmd = serde_json::from_str::<Command>(&c.body)
-                .ok()
-                .filter(|cmd| cmd.idempotent || !every);
-            let Some(cmd) = cmd else {
-                self.finish_now(&c.id, now, Status::Interrupted, RESTARTED.into())
-                    .await;
-                continue;
+            let cmd = match serde_json::from_str::<Command>(&c.body) {
+                // Refused at receipt, but the restart came before its result was recorded:
+                // it never ran, so it is refused again, not `interrupted`.
+                Err(e) if c.sent.is_empty() => {
+                    let why = format!("malformed command: {e}");
+                    self.finish_now(&c.id, now, Status::Rejected, why).await;
+                    continue;
+                }
+                Ok(cmd) if cmd.idempotent || !every => cmd,
+                _ => {
+                    self.finish_now(&c.id, now, Status::Interrupted, RESTARTED.into())
+                        .await;
+                    continue;
+                }
             };
             let deadline = match cmd.ttl_ms {
                 None => None,

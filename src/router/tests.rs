@@ -83,3 +83,62 @@ async fn lanes_come_and_go_with_work_and_are_bounded() {
     tracker.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A malformed command whose rejection a crash cut off is rejected again at the next start,
+/// not reported `interrupted`: it never ran. A sent one still is.
+#[tokio::test]
+async fn a_malformed_command_left_by_a_crash_is_rejected_not_interrupted() {
+    let dir = std::env::temp_dir().join(format!(
+        "tether-router-recover-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let text = format!(
+        "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
+         [[appliance]]\nid = \"a0\"\ntransport = \"mqtt\"\npassword = \"p0\"\n",
+        dir.display()
+    );
+    let config = Config::parse(&text).expect("config");
+    let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+    let outbox = Arc::new(Outbox::new(journal.clone(), 100));
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let (mqtt, _, _) = crate::transport::mqtt::start(
+        &config,
+        None,
+        outbox.clone(),
+        Default::default(),
+        &tracker,
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let transports = Transports { mqtt, ble: None };
+    let router = Router::start(
+        &config,
+        transports,
+        journal,
+        outbox.clone(),
+        &tracker,
+        cancel.clone(),
+    );
+    let left = |id: &str, sent: &[&str]| crate::journal::Interrupted {
+        id: id.into(),
+        body: format!(r#"{{"id":"{id}","target":42}}"#),
+        idempotent: false,
+        received_at_ms: crate::journal::now_ms(),
+        sent: sent.iter().map(|s| s.to_string()).collect(),
+    };
+    router
+        .recover(vec![left("m1", &[]), left("m2", &["a0"])])
+        .await;
+    router.idle().await;
+    let owed = outbox.take(10, 0).await.results;
+    let status = |id: &str| owed.iter().find(|r| r.command_id == id).map(|r| r.status);
+    assert_eq!(status("m1"), Some(Status::Rejected), "{owed:?}");
+    assert_eq!(status("m2"), Some(Status::Interrupted), "{owed:?}");
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
