@@ -217,3 +217,28 @@ async fn a_stop_leaves_waiting_commands_to_wait_after_the_restart() {
     let got: Vec<String> = q.drain().into_iter().map(|(id, _)| id).collect();
     assert_eq!(got, ids);
 }
+
+/// A reload that removes an appliance ends the commands waiting for it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_appliance_ends_its_waiting_commands() {
+    let dir = TempDir::new("away-reload");
+    let cloud = DevCloud::start(dir.path(), &["--max-wait-s", "1"]);
+    let extra = format!("{}offline = \"queue\"\n", mqtt_appliance("q-1"));
+    let cfg = config(dir.path(), &cloud, &["keep-1"], &extra);
+    let daemon = Tetherd::start(&cfg);
+    let id = cloud
+        .enqueue(json!({"target": "q-1", "ttl_ms": 600_000}))
+        .await;
+    until_waiting(&cloud, std::slice::from_ref(&id)).await;
+    config(dir.path(), &cloud, &["keep-1"], "");
+    daemon.signal("HUP");
+    let r = cloud.result(&id).await["result"].clone();
+    assert_eq!(r["status"], "unreachable", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an MQTT appliance"),
+        "{r}"
+    );
+}

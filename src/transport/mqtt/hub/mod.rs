@@ -218,6 +218,10 @@ impl Hub {
                 }
             }
         }
+        drop(slots);
+        // A command waiting for an appliance the reload removed ends now (`unreachable`),
+        // not when its hold runs out.
+        self.ready.notify_waiters();
     }
 
     /// Registers a new connection for `id`, kicking any older one (session takeover).
