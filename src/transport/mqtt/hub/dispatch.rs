@@ -35,8 +35,11 @@ impl Hub {
         let (tx, rx) = oneshot::channel();
         let started = Instant::now();
         let mut tx = Some(tx);
+        let Some(ready) = self.ready(id) else {
+            return Outcome::Unreachable("not an MQTT appliance".into());
+        };
         let conn = loop {
-            let ready = self.ready.notified();
+            let ready = ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             let hold = &dispatch.hold;

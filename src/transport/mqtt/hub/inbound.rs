@@ -146,14 +146,14 @@ impl Hub {
         let changed = match self.lock().get_mut(id) {
             Some(slot) if slot.reported_offline != offline => {
                 slot.reported_offline = offline;
+                if !offline {
+                    // Commands waiting for it may go now.
+                    slot.ready.notify_waiters();
+                }
                 slot.conn.is_some()
             }
             _ => false,
         };
-        if changed && !offline {
-            // Commands waiting for it may go now.
-            self.ready.notify_waiters();
-        }
         if changed && self.admit_event(id) {
             self.presence(id, if offline { "offline" } else { "online" });
         }

@@ -72,8 +72,6 @@ pub struct Hub {
     /// Until then, a command for an appliance that is not ready waits for it: after a
     /// gateway restart, appliances need a moment to reconnect.
     grace_until: Instant,
-    /// Woken when an appliance connects or subscribes.
-    ready: Notify,
     /// `mqtt.max_event_rate`; the burst is twice this.
     event_rate: AtomicU32,
     /// Where persistent sessions are remembered across restarts.
@@ -97,6 +95,10 @@ struct Slot {
     events: Option<Bucket>,
     /// Events dropped over the rate since the last one let through.
     events_dropped: u64,
+    /// Woken when the appliance connects, subscribes, says `online`, or leaves the
+    /// configuration: what a command waiting for it waits on. One per appliance, so a
+    /// hundred sleeping appliances do not all re-check at every connect.
+    ready: Arc<Notify>,
 }
 
 struct ConnRef {
@@ -147,7 +149,6 @@ impl Hub {
             outbox,
             next_generation: AtomicU64::new(1),
             grace_until: Instant::now() + startup_grace,
-            ready: Notify::new(),
             event_rate: AtomicU32::new(event_rate.max(1)),
             sessions: sessions.journal,
             stats: Stats::default(),
@@ -213,15 +214,16 @@ impl Hub {
                     log::info!(appliance = id.as_str(); "configuration changed: disconnecting the appliance");
                     conn.kick.cancel();
                 }
-                if removed && slots.remove(id).is_some_and(|s| s.persistent) {
-                    self.remember_session(id, None);
+                if removed && let Some(slot) = slots.remove(id) {
+                    // A command waiting for it ends now (`unreachable`), not when its
+                    // hold runs out.
+                    slot.ready.notify_waiters();
+                    if slot.persistent {
+                        self.remember_session(id, None);
+                    }
                 }
             }
         }
-        drop(slots);
-        // A command waiting for an appliance the reload removed ends now (`unreachable`),
-        // not when its hold runs out.
-        self.ready.notify_waiters();
     }
 
     /// Registers a new connection for `id`, kicking any older one (session takeover).
@@ -254,8 +256,8 @@ impl Hub {
             kick,
             generation,
         });
+        slot.ready.notify_waiters();
         drop(slots);
-        self.ready.notify_waiters();
         self.presence(id, "online");
         Attached {
             generation,
@@ -296,6 +298,7 @@ impl Hub {
             Some(slot) => {
                 let changed = slot.subscription != qos;
                 slot.subscription = qos;
+                slot.ready.notify_waiters();
                 slot.persistent && changed
             }
             None => false,
@@ -303,7 +306,12 @@ impl Hub {
         if remember {
             self.remember_session(id, qos);
         }
-        self.ready.notify_waiters();
+    }
+
+    /// What a command for `id` waits on until the appliance may take it; `None` for an
+    /// appliance the endpoint does not know.
+    fn ready(&self, id: &str) -> Option<Arc<Notify>> {
+        self.lock().get(id).map(|s| s.ready.clone())
     }
 
     fn presence(&self, id: &str, kind: &str) {
