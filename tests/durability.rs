@@ -13,10 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn mqtt_on(port: u16, grace: &str) -> String {
-    format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"{grace}\"\n")
-}
-
 /// Every appliance's received command ids, across all reconnects.
 fn received(apps: &mut [Appliance], into: &mut HashMap<String, usize>) {
     for app in apps.iter_mut() {

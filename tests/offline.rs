@@ -80,7 +80,7 @@ async fn a_sleeping_paho_appliance_gets_its_commands_in_order_across_a_gateway_k
     // Short holds, so each poll says what waits.
     let cloud = DevCloud::start(dir.path(), &["--max-wait-s", "1"]);
     let port = free_port();
-    let mqtt = format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"0s\"\n");
+    let mqtt = mqtt_on(port, "0s");
     let cfg = config_with_mqtt(dir.path(), &cloud, &["th-1"], &mqtt, "");
     let mut daemon = Tetherd::start(&cfg);
     let (mut paho, out) = sleeper(&daemon, "th-1");
@@ -188,7 +188,7 @@ async fn a_stop_leaves_waiting_commands_to_wait_after_the_restart() {
     let dir = TempDir::new("away-stop");
     let cloud = DevCloud::start(dir.path(), &["--max-wait-s", "1"]);
     let port = free_port();
-    let mqtt = format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"0s\"\n");
+    let mqtt = mqtt_on(port, "0s");
     let extra = format!("{}offline = \"queue\"\n", mqtt_appliance("q-1"));
     let cfg = config_with_mqtt(dir.path(), &cloud, &[], &mqtt, &extra);
     let mut daemon = Tetherd::start(&cfg);

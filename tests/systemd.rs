@@ -169,7 +169,7 @@ async fn sigterm_lets_running_commands_finish_and_reports_the_rest_next_time() {
     let cloud = DevCloud::start(dir.path(), &[]);
     let port = free_port();
     // The appliance reconnects by itself after each restart; commands wait for it.
-    let mqtt = format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"10s\"\n");
+    let mqtt = mqtt_on(port, "10s");
     let cfg = config_with_mqtt(dir.path(), &cloud, &["s-1"], &mqtt, "");
     let mut daemon = Tetherd::start(&cfg);
     let mut app = Appliance::connect(daemon.mqtt, "s-1", Behaviour::Manual).await;
@@ -212,7 +212,7 @@ async fn journald_gets_structured_fields() {
     let dir = TempDir::new("journald");
     let cloud = DevCloud::start(dir.path(), &[]);
     let port = free_port();
-    let mqtt = format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"0s\"\n");
+    let mqtt = mqtt_on(port, "0s");
     let cfg = config_with_mqtt(
         dir.path(),
         &cloud,
@@ -238,14 +238,7 @@ async fn journald_gets_structured_fields() {
         .spawn()
         .expect("unshare (util-linux) and root");
     // Killed on drop, so a failing assertion does not leave the daemon running.
-    struct Reaper(std::process::Child);
-    impl Drop for Reaper {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _reaper = Reaper(child);
+    let _reaper = KillOnDrop(Some(child));
     journal.wait_for("mqtt endpoint listening");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let _app = Appliance::connect(addr, "j-1", Behaviour::Echo).await;

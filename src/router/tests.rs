@@ -10,49 +10,81 @@ impl Router {
     }
 }
 
+/// A router on a scratch journal and a real MQTT endpoint (nobody connects to it).
+struct Rig {
+    router: Router,
+    outbox: Arc<Outbox>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    dir: std::path::PathBuf,
+}
+
+impl Rig {
+    /// `sections` go before the `[[appliance]]` tables in `appliances`.
+    async fn start(sections: &str, appliances: &str) -> Rig {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-router-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let text = format!(
+            "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
+             token_file = \"/nonexistent\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
+             {sections}{appliances}",
+            dir.display()
+        );
+        let config = Config::parse(&text).expect("config");
+        let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+        let outbox = Arc::new(Outbox::new(journal.clone(), 100));
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let (mqtt, _, _) = crate::transport::mqtt::start(
+            &config,
+            None,
+            outbox.clone(),
+            Default::default(),
+            &tracker,
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let transports = Transports { mqtt, ble: None };
+        let router = Router::start(
+            &config,
+            transports,
+            journal,
+            outbox.clone(),
+            &tracker,
+            cancel.clone(),
+        );
+        Rig {
+            router,
+            outbox,
+            tracker,
+            cancel,
+            dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Lanes (and their worker tasks) exist only while an appliance has work, and a
 /// lane's bound turns the excess into `rejected` items.
 #[tokio::test]
 async fn lanes_come_and_go_with_work_and_are_bounded() {
-    let dir = std::env::temp_dir().join(format!(
-        "tether-router-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let mut text = format!(
-        "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
-         token_file = \"/nonexistent\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
-         [router]\nmax_queue_per_appliance = 3\n",
-        dir.display()
-    );
+    let mut appliances = String::new();
     for i in 0..20 {
-        text.push_str(&format!(
+        appliances.push_str(&format!(
             "[[appliance]]\nid = \"a{i}\"\ntransport = \"mqtt\"\npassword = \"p{i}\"\n"
         ));
     }
-    let config = Config::parse(&text).expect("config");
-    let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
-    let outbox = Arc::new(Outbox::new(journal.clone(), 100));
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let (mqtt, _, _) = crate::transport::mqtt::start(
-        &config,
-        None,
-        outbox.clone(),
-        Default::default(),
-        &tracker,
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    let transports = Transports { mqtt, ble: None };
-    let router = Router::start(
-        &config,
-        transports,
-        journal,
-        outbox.clone(),
-        &tracker,
-        cancel.clone(),
-    );
+    let rig = Rig::start("[router]\nmax_queue_per_appliance = 3\n", &appliances).await;
+    let (router, outbox) = (&rig.router, &rig.outbox);
     assert_eq!(
         router.lanes(),
         0,
@@ -78,50 +110,19 @@ async fn lanes_come_and_go_with_work_and_are_bounded() {
         !rejected.is_empty() && rejected.iter().all(|e| e.contains("queue is full")),
         "{rejected:?}"
     );
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.stop().await;
 }
 
 /// A malformed command whose rejection a crash cut off is rejected again at the next start,
 /// not reported `interrupted`: it never ran. A sent one still is.
 #[tokio::test]
 async fn a_malformed_command_left_by_a_crash_is_rejected_not_interrupted() {
-    let dir = std::env::temp_dir().join(format!(
-        "tether-router-recover-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let text = format!(
-        "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\
-         [[appliance]]\nid = \"a0\"\ntransport = \"mqtt\"\npassword = \"p0\"\n",
-        dir.display()
-    );
-    let config = Config::parse(&text).expect("config");
-    let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
-    let outbox = Arc::new(Outbox::new(journal.clone(), 100));
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let (mqtt, _, _) = crate::transport::mqtt::start(
-        &config,
-        None,
-        outbox.clone(),
-        Default::default(),
-        &tracker,
-        cancel.clone(),
+    let rig = Rig::start(
+        "",
+        "[[appliance]]\nid = \"a0\"\ntransport = \"mqtt\"\npassword = \"p0\"\n",
     )
-    .await
-    .unwrap();
-    let transports = Transports { mqtt, ble: None };
-    let router = Router::start(
-        &config,
-        transports,
-        journal,
-        outbox.clone(),
-        &tracker,
-        cancel.clone(),
-    );
+    .await;
+    let (router, outbox) = (&rig.router, &rig.outbox);
     let left = |id: &str, sent: &[&str]| crate::journal::Interrupted {
         id: id.into(),
         body: format!(r#"{{"id":"{id}","target":42}}"#),
@@ -137,8 +138,5 @@ async fn a_malformed_command_left_by_a_crash_is_rejected_not_interrupted() {
     let status = |id: &str| owed.iter().find(|r| r.command_id == id).map(|r| r.status);
     assert_eq!(status("m1"), Some(Status::Rejected), "{owed:?}");
     assert_eq!(status("m2"), Some(Status::Interrupted), "{owed:?}");
-    cancel.cancel();
-    tracker.close();
-    tracker.wait().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.stop().await;
 }

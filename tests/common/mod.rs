@@ -403,6 +403,12 @@ pub fn config_with_mqtt(
     path
 }
 
+/// The body of an `[mqtt]` section listening on a fixed loopback `port` (for a daemon that
+/// must keep its port across restarts) with the given `startup_grace`.
+pub fn mqtt_on(port: u16, grace: &str) -> String {
+    format!("listen = \"127.0.0.1:{port}\"\nstartup_grace = \"{grace}\"\n")
+}
+
 /// Adds keys to the `[cloud]` section of a config written by [`config`].
 pub fn add_cloud_keys(cfg: &Path, keys: &str) {
     let text = std::fs::read_to_string(cfg).unwrap();
@@ -425,7 +431,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-struct KillOnDrop(Option<Child>);
+/// A child process killed (and reaped) when this is dropped, so a failing test does not
+/// leave it running; `.0.take()` keeps it alive after all.
+pub struct KillOnDrop(pub Option<Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
