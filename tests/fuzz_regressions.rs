@@ -25,6 +25,7 @@ type Entry = fn(&[u8]);
 fn entry(target: &str) -> Entry {
     match target {
         "cloud_response" => tether::fuzzing::cloud_response,
+        "cloud_protobuf" => tether::fuzzing::cloud_protobuf,
         "mqtt_stream" => tether::fuzzing::mqtt_stream,
         "appliance_message" => tether::fuzzing::appliance_message,
         "config" => tether::fuzzing::config,
@@ -115,6 +116,11 @@ fn seeds_and_regressions(target: &str) {
 #[test]
 fn cloud_response_seeds_and_regressions() {
     seeds_and_regressions("cloud_response");
+}
+
+#[test]
+fn cloud_protobuf_seeds_and_regressions() {
+    seeds_and_regressions("cloud_protobuf");
 }
 
 #[test]
@@ -286,6 +292,11 @@ fn mutations(target: &str, seed: u64) {
 #[test]
 fn cloud_response_mutations() {
     mutations("cloud_response", 0x7e7e_0001);
+}
+
+#[test]
+fn cloud_protobuf_mutations() {
+    mutations("cloud_protobuf", 0x7e7e_0005);
 }
 
 #[test]

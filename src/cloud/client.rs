@@ -7,14 +7,14 @@
 //! when; this module only sends it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
+use super::proto::{Body, Encoding};
 use super::session::Failure;
 use super::tls;
 use crate::config::CloudConfig;
@@ -32,8 +32,8 @@ pub enum RequestError {
     },
     #[error("response body exceeds {0} bytes (cloud.max_response_bytes)")]
     TooLarge(usize),
-    #[error("response is not valid protocol v1 JSON: {0}")]
-    BadJson(String),
+    #[error("response is not a valid protocol v1 {0} body: {1}")]
+    BadBody(&'static str, String),
 }
 
 impl RequestError {
@@ -78,11 +78,25 @@ struct Inner {
     authorization: Option<HeaderValue>,
     request_timeout: Duration,
     max_response_bytes: usize,
+    encoding: Encoding,
+    /// The cloud answered 415 to protobuf: JSON from then on, for this client's life.
+    json_fallback: Arc<AtomicBool>,
+    /// What the client was built from, to build it again with another PING interval.
+    cfg: CloudConfig,
+    gateway_id: String,
 }
 
 impl Uplink {
     /// Builds the HTTP client (TLS settings, identity, token) for gateway `gateway_id`.
     pub fn new(cfg: &CloudConfig, gateway_id: &str) -> Result<Uplink, tls::SetupError> {
+        Uplink::build(cfg, gateway_id, Arc::default())
+    }
+
+    fn build(
+        cfg: &CloudConfig,
+        gateway_id: &str,
+        json_fallback: Arc<AtomicBool>,
+    ) -> Result<Uplink, tls::SetupError> {
         let client = tls::build_client(cfg)?;
         let authorization = tls::load_token(cfg)?;
         let base = cfg.url.trim_end_matches('/');
@@ -94,14 +108,45 @@ impl Uplink {
                 authorization,
                 request_timeout: cfg.request_timeout,
                 max_response_bytes: cfg.max_response_bytes,
+                encoding: cfg.encoding,
+                json_fallback,
+                cfg: cfg.clone(),
+                gateway_id: gateway_id.to_owned(),
             }),
         })
+    }
+
+    /// The HTTP/2 PING interval this client's connections use.
+    pub fn ping_interval(&self) -> Duration {
+        self.inner.cfg.ping_interval
+    }
+
+    /// The same client with another PING interval (the cloud's `ping_s`). hyper fixes the
+    /// interval when a connection opens, so the new client opens a connection of its own;
+    /// the old one closes once its last request is done. A JSON fallback carries over.
+    pub fn with_ping_interval(&self, interval: Duration) -> Result<Uplink, tls::SetupError> {
+        let mut cfg = self.inner.cfg.clone();
+        cfg.ping_interval = interval;
+        Uplink::build(
+            &cfg,
+            &self.inner.gateway_id,
+            self.inner.json_fallback.clone(),
+        )
+    }
+
+    /// The encoding requests go out in now.
+    pub fn encoding(&self) -> Encoding {
+        if self.inner.json_fallback.load(Ordering::Relaxed) {
+            Encoding::Json
+        } else {
+            self.inner.encoding
+        }
     }
 
     /// One request, abandoned as a whole (headers and body) after `wait` plus
     /// `cloud.request_timeout`: a server that sends headers and then stalls cannot hold the
     /// uplink, even while it keeps answering HTTP/2 PINGs.
-    pub(super) async fn post<B: Serialize, R: DeserializeOwned>(
+    pub(super) async fn post<B: Body, R: Body>(
         self,
         endpoint: Endpoint,
         body: B,
@@ -123,10 +168,36 @@ impl Uplink {
         }
     }
 
-    async fn exchange<B: Serialize, R: DeserializeOwned>(
+    async fn exchange<B: Body, R: Body>(
         &self,
         endpoint: Endpoint,
         body: B,
+        wait: Duration,
+    ) -> Result<R, RequestError> {
+        let encoding = self.encoding();
+        match self.exchange_as(encoding, endpoint, &body, wait).await {
+            Err(RequestError::Status { status, .. })
+                if status == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    && encoding == Encoding::Protobuf =>
+            {
+                // Once per client: every later request is JSON without asking again.
+                if !self.inner.json_fallback.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "the cloud does not take protobuf (HTTP 415); speaking JSON to it until the next restart or reload"
+                    );
+                }
+                self.exchange_as(Encoding::Json, endpoint, &body, wait)
+                    .await
+            }
+            out => out,
+        }
+    }
+
+    async fn exchange_as<B: Body, R: Body>(
+        &self,
+        encoding: Encoding,
+        endpoint: Endpoint,
+        body: &B,
         wait: Duration,
     ) -> Result<R, RequestError> {
         let inner = &self.inner;
@@ -134,13 +205,13 @@ impl Uplink {
             Endpoint::Poll => &inner.poll_url,
             Endpoint::Results => &inner.results_url,
         };
-        let body = serde_json::to_vec(&body).map_err(|e| RequestError::Transport(e.to_string()))?;
         let mut req = inner
             .client
             .post(url)
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, encoding.media_type())
+            .header(ACCEPT, encoding.media_type())
             .timeout(wait + inner.request_timeout)
-            .body(body);
+            .body(encoding.encode(body));
         if endpoint == Endpoint::Poll {
             req = req.header("prefer", format!("wait={}", wait.as_secs()));
         }
@@ -152,6 +223,14 @@ impl Uplink {
             .await
             .map_err(|e| RequestError::Transport(chain(&e)))?;
         let status = resp.status();
+        // A server answers in the request's encoding; one that names another it still
+        // gets read in that one.
+        let answer = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Encoding::from_media_type)
+            .unwrap_or(encoding);
         let max = inner.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(RequestError::TooLarge(max));
@@ -180,7 +259,9 @@ impl Uplink {
                 body: text,
             });
         }
-        serde_json::from_slice(&buf).map_err(|e| RequestError::BadJson(e.to_string()))
+        answer
+            .decode(&buf)
+            .map_err(|e| RequestError::BadBody(answer.as_str(), e))
     }
 }
 

@@ -69,9 +69,10 @@ pub struct PollResponse {
     pub poll: Option<Cadence>,
 }
 
-/// How the server wants to be polled. Either field may be left out: a missing `wait_s`
-/// keeps the wait in force, a missing `interval_s` means 0.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// How the server wants to be polled. Any field may be left out: a missing `wait_s` keeps
+/// the wait in force, a missing `interval_s` means 0, a missing `ping_s` the config's
+/// `cloud.ping_interval`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +80,9 @@ pub struct Cadence {
     /// Pause between polls, in seconds; 0 means poll again at once (long polling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_s: Option<u64>,
+    /// HTTP/2 PING interval for the connection, in seconds (bounded to 10..=3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_s: Option<u64>,
 }
 
 /// `null` where a list is expected reads as the empty list: some servers' JSON encoders
@@ -123,6 +127,17 @@ pub struct Command {
     /// Safe to run again after a crash interrupted it.
     #[serde(default)]
     pub idempotent: bool,
+    /// A protobuf command's raw-bytes payload, base64; replaces `payload`. Only the
+    /// protobuf decoder sets it (`cloud::proto`): the JSON decoder drops `$` keys.
+    #[serde(
+        default,
+        rename = "$payload_raw",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payload_raw: Option<String>,
+    /// Why a protobuf command could not be turned into this form (it is `rejected`).
+    #[serde(default, rename = "$invalid", skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 /// Who a command is for.
@@ -233,7 +248,8 @@ mod tests {
             r.poll,
             Some(Cadence {
                 wait_s: None,
-                interval_s: Some(300)
+                interval_s: Some(300),
+                ping_s: None,
             })
         );
         let r: ResultsResponse = serde_json::from_str(r#"{"acked": null}"#).unwrap();

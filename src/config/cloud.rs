@@ -48,6 +48,29 @@ pub struct CloudConfig {
     /// Most results carried by one request.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// How request and response bodies are encoded.
+    #[serde(default)]
+    pub encoding: WireEncoding,
+}
+
+/// The cloud link's body encoding (`cloud.encoding`); `cloud::proto` encodes and decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireEncoding {
+    /// docs/protocol.md's JSON: what every cloud speaks.
+    #[default]
+    Json,
+    /// docs/proto/tether/v1/tether.proto; a cloud that answers 415 gets JSON instead.
+    Protobuf,
+}
+
+impl WireEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireEncoding::Json => "json",
+            WireEncoding::Protobuf => "protobuf",
+        }
+    }
 }
 
 impl Section for CloudConfig {
@@ -69,6 +92,7 @@ impl Section for CloudConfig {
         ("ping_timeout", Apply::NewClient),
         ("max_response_bytes", Apply::NewClient),
         ("max_batch", Apply::Live),
+        ("encoding", Apply::NewClient),
     ];
 }
 
@@ -80,6 +104,7 @@ impl fmt::Debug for CloudConfig {
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("poll_wait", &self.poll_wait)
+            .field("encoding", &self.encoding)
             .finish_non_exhaustive()
     }
 }

@@ -30,7 +30,7 @@ mod state;
 pub use self::log::{LogConfig, LogTarget, parse_level};
 pub use appliance::{ApplianceConfig, COMMON_KEYS, Offline, TransportKind, check_hash};
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
-pub use cloud::CloudConfig;
+pub use cloud::{CloudConfig, WireEncoding};
 pub use gateway::GatewayConfig;
 pub use mqtt::MqttConfig;
 pub use router::RouterConfig;

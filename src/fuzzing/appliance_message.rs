@@ -15,7 +15,7 @@ use super::harness::{APPLIANCE, Harness, with_harness};
 use crate::cloud::wire::{CommandResult, ItemResult, Status};
 use crate::transport::ble::codec::{self, Encoding};
 use crate::transport::mqtt::hub::ToConn;
-use crate::transport::{Dispatch, Hold, Outcome, SendGate};
+use crate::transport::{Dispatch, Hold, Outcome, Payload, SendGate};
 
 /// An appliance's message body, as the hub decodes it: a PUBLISH payload on its `result`
 /// topic (answering command `c1`, which is waiting for it), `events` and `status` topics,
@@ -38,7 +38,7 @@ impl Harness {
             // A command waiting for its answer, as a router worker leaves it.
             let dispatch = Dispatch {
                 command_id: "c1".into(),
-                payload: json!({"power": "on"}),
+                payload: Payload::Json(json!({"power": "on"})),
                 timeout: Duration::from_secs(10),
                 deadline: None,
                 gate: SendGate::open(),

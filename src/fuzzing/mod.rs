@@ -31,6 +31,6 @@ mod mqtt_stream;
 mod process;
 
 pub use appliance_message::appliance_message;
-pub use cloud_response::cloud_response;
+pub use cloud_response::{cloud_protobuf, cloud_response};
 pub use config::config;
 pub use mqtt_stream::mqtt_stream;

@@ -14,10 +14,12 @@ use tokio::time::Instant;
 
 use super::worker::Worker;
 use super::{Job, Pending, Router, millis};
+use crate::cloud::proto;
 use crate::cloud::wire::{
     Command, CommandResult, Event, ItemResult, MAX_COMMAND_ID, Status, Target,
 };
 use crate::journal::{Interrupted, NewCommand, now_ms};
+use crate::transport::Payload;
 
 /// Why a command that may have reached its appliance has no answer after a restart.
 const RESTARTED: &str =
@@ -166,7 +168,11 @@ impl Router {
         sent: &[String],
     ) {
         let routing = self.shared.routing();
-        let targets = match self.validate(&routing, &cmd) {
+        let payload = match command_payload(&cmd) {
+            Ok(p) => p,
+            Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
+        };
+        let targets = match self.validate(&routing, &cmd, &payload) {
             Ok(t) => t,
             Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
         };
@@ -180,7 +186,7 @@ impl Router {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(routing.cfg.default_timeout);
-        let payload = Arc::new(cmd.payload);
+        let payload = Arc::new(payload);
         let mut hold_until = now + routing.cfg.max_offline_wait.saturating_sub(waited);
         if let Some(ttl) = deadline {
             hold_until = hold_until.min(ttl);
@@ -295,5 +301,17 @@ impl Router {
             duration_ms: millis(received.elapsed()),
         };
         self.shared.outbox.push_result(result).await;
+    }
+}
+
+/// What the command carries to its appliances; the error is the `rejected` reason. Only
+/// the protobuf decoder sets `payload_raw` or `invalid` (`cloud::proto`).
+fn command_payload(cmd: &Command) -> Result<Payload, String> {
+    if let Some(why) = &cmd.invalid {
+        return Err(format!("malformed command: {why}"));
+    }
+    match &cmd.payload_raw {
+        Some(b64) => proto::raw_payload(b64).map(Payload::Raw),
+        None => Ok(Payload::Json(cmd.payload.clone())),
     }
 }

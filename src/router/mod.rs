@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,7 @@ use crate::cloud::wire::ItemResult;
 use crate::config::{Config, Offline, RouterConfig, TransportKind};
 use crate::journal::Journal;
 use crate::outbox::Outbox;
-use crate::transport::{Hold, Transports};
+use crate::transport::{Hold, Payload, Transports};
 
 mod aggregate;
 mod intake;
@@ -109,7 +108,7 @@ struct Job {
     kind: TransportKind,
     command_id: String,
     index: usize,
-    payload: Arc<Value>,
+    payload: Arc<Payload>,
     deadline: Option<Instant>,
     timeout: Duration,
     offline: Offline,

@@ -10,15 +10,21 @@ use std::time::Duration;
 
 use super::{Router, Routing};
 use crate::cloud::wire::{Command, Target};
+use crate::transport::Payload;
 
 impl Router {
     /// Resolves the targets and checks the bounds; the error is the `rejected` reason.
-    pub(super) fn validate(&self, routing: &Routing, cmd: &Command) -> Result<Vec<String>, String> {
+    pub(super) fn validate(
+        &self,
+        routing: &Routing,
+        cmd: &Command,
+        payload: &Payload,
+    ) -> Result<Vec<String>, String> {
         let cfg = &routing.cfg;
         if self.shared.lock().pending.len() >= cfg.max_pending {
             return Err("gateway at capacity; the cloud sent more commands than advertised".into());
         }
-        let size = serde_json::to_vec(&cmd.payload).map_or(usize::MAX, |v| v.len());
+        let size = payload.size();
         if size > cfg.max_command_bytes {
             return Err(format!(
                 "payload is {size} bytes; the limit is {} (router.max_command_bytes)",

@@ -23,12 +23,32 @@ use crate::journal::Journal;
 pub mod ble;
 pub mod mqtt;
 
+/// What a command carries to its appliance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A JSON payload (either encoding of the cloud link).
+    Json(Value),
+    /// Raw bytes (the protobuf encoding's `payload_raw`): a BLE appliance gets them as
+    /// they are; an MQTT appliance, whose contract is JSON, cannot take them.
+    Raw(Vec<u8>),
+}
+
+impl Payload {
+    /// Its size as `router.max_command_bytes` counts it (JSON text, or the bytes).
+    pub fn size(&self) -> usize {
+        match self {
+            Payload::Json(v) => serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()),
+            Payload::Raw(b) => b.len(),
+        }
+    }
+}
+
 /// One command for one appliance.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
     /// Sent to the appliance so it can deduplicate too.
     pub command_id: String,
-    pub payload: Value,
+    pub payload: Payload,
     /// How long the appliance may take to answer.
     pub timeout: Duration,
     /// When the command's TTL runs out (`None`: no TTL). A transport that queues before

@@ -66,6 +66,15 @@ pub fn encode(payload: &Value, encoding: Encoding) -> Result<Vec<u8>, CodecError
     Ok(bytes)
 }
 
+/// Raw bytes from the cloud (protobuf `payload_raw`), written as they are whatever the
+/// appliance's `encoding`; only the attribute's size bounds them.
+pub fn raw(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if bytes.len() > MAX_ATTRIBUTE {
+        return Err(CodecError::TooLong(bytes.len()));
+    }
+    Ok(bytes.to_vec())
+}
+
 /// The result payload for the `bytes` the appliance answered.
 pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<Value, CodecError> {
     // BlueZ enforces the ATT maximum on real radios; this holds it for any stack.

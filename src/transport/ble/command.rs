@@ -21,7 +21,7 @@ use super::pool::{Kept, Permit};
 use super::radio::FindError;
 use super::{Shared, Target, codec};
 use crate::config::Offline;
-use crate::transport::{Dispatch, Outcome, SendGate};
+use crate::transport::{Dispatch, Outcome, Payload, SendGate};
 
 /// Connect attempts per command (each bounded by `ble.connect_timeout`).
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -35,7 +35,11 @@ pub(super) async fn execute(shared: &Shared, appliance: &str, d: Dispatch) -> Ou
     let Some(target) = shared.radio.target(appliance) else {
         return Outcome::Unreachable("not a configured BLE appliance".into());
     };
-    let bytes = match codec::encode(&d.payload, target.encoding) {
+    let encoded = match &d.payload {
+        Payload::Json(v) => codec::encode(v, target.encoding),
+        Payload::Raw(bytes) => codec::raw(bytes),
+    };
+    let bytes = match encoded {
         Ok(bytes) => bytes,
         Err(e) => return Outcome::Error(format!("not sent: {e}")),
     };

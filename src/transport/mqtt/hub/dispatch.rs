@@ -15,14 +15,22 @@ use tokio::time::Instant;
 use super::{Hub, ToConn};
 use crate::config::Offline;
 use crate::transport::mqtt::topic;
-use crate::transport::{Dispatch, Outcome};
+use crate::transport::{Dispatch, Outcome, Payload};
 
 const EXPIRED_WAITING: &str = "TTL ran out while waiting for the appliance to connect; not sent";
 
 impl Hub {
     /// Sends one command to appliance `id` and waits for its result.
     pub async fn execute(&self, id: &str, dispatch: Dispatch) -> Outcome {
-        let body = json!({ "id": dispatch.command_id, "payload": dispatch.payload });
+        let payload = match &dispatch.payload {
+            Payload::Json(v) => v,
+            Payload::Raw(_) => {
+                return Outcome::Error(
+                    "not sent: an MQTT appliance takes JSON payloads; raw bytes (payload_raw) are for BLE appliances".into(),
+                );
+            }
+        };
+        let body = json!({ "id": dispatch.command_id, "payload": payload });
         let body = match serde_json::to_vec(&body) {
             Ok(b) if b.len() <= self.max_payload => b,
             _ => {
