@@ -122,6 +122,7 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         poll_wait: config.cloud.poll_wait,
         backoff_max: config.cloud.backoff_max,
         linger: config.cloud.result_linger,
+        ping_interval: config.cloud.ping_interval,
     }
 }
 

@@ -213,6 +213,7 @@ impl Driver {
                 self.router.submit(resp.commands).await;
                 self.outbox.settle(batch, &resp.acked, true).await;
                 self.session.poll_done(now, Ok(resp.poll));
+                self.follow_ping_interval();
                 turns.fault_after_poll(had_commands).await;
             }
             Err(e) => {
@@ -274,6 +275,31 @@ impl Driver {
         self.session.reconfigure(change.session);
         self.max_batch = change.max_batch;
         turns.sizes.set_max_results(self.max_batch);
+        self.follow_ping_interval();
+    }
+
+    /// Rebuilds the client when the PING interval it uses is not the one the session
+    /// wants (the server's `ping_s`, or the config's). hyper fixes the interval when it
+    /// opens a connection, so this costs one new connection per change, none otherwise.
+    fn follow_ping_interval(&mut self) {
+        let want = self.session.ping_interval();
+        if want == self.uplink.ping_interval() {
+            return;
+        }
+        match self.uplink.with_ping_interval(want) {
+            Ok(uplink) => {
+                log::info!(
+                    "cloud asks for an HTTP/2 PING every {} s (was {} s); the next request opens a connection with it",
+                    want.as_secs(),
+                    self.uplink.ping_interval().as_secs()
+                );
+                self.uplink = uplink;
+                self.session.link_changed();
+            }
+            // Only a file that changed under us (token, key) can fail here; the old
+            // client keeps working, and the next poll tries again.
+            Err(e) => log::warn!("cannot apply the cloud's PING interval: {e}"),
+        }
     }
 
     /// A request failed: how the session should take it. A refusal of its content

@@ -41,7 +41,13 @@ pub struct SessionConfig {
     pub poll_wait: Duration,
     pub backoff_max: Duration,
     pub linger: Duration,
+    /// `cloud.ping_interval`: the HTTP/2 PING interval unless the server sets `ping_s`.
+    pub ping_interval: Duration,
 }
+
+/// The range a server's `ping_s` is held to: more often than every 10 s costs a metered
+/// link for nothing; less often than hourly leaves a dead link unnoticed for too long.
+pub const PING_S_RANGE: std::ops::RangeInclusive<u64> = 10..=3600;
 
 /// What the driver should start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +119,8 @@ pub struct Session {
     /// The server set the wait (`poll.wait_s`): a reload's `cloud.poll_wait` does not
     /// replace it.
     steered: bool,
+    /// The PING interval the server set (`poll.ping_s`); `None`: the config's.
+    ping: Option<Duration>,
     /// An early flush failed (a 503, a 401, a broken stream) or moved nothing: no more
     /// until the held poll ends, so a cloud shedding load is not sent one request per
     /// finished result; the results ride the next poll.
@@ -145,6 +153,7 @@ impl Session {
             link_proven: false,
             stale_poll: false,
             steered: false,
+            ping: None,
             flush_held: false,
             polls: 0,
             flush_beside: 0,
@@ -229,6 +238,12 @@ impl Session {
         self.cfg = cfg;
     }
 
+    /// The HTTP/2 PING interval the link should use now: the server's `ping_s`, else
+    /// `cloud.ping_interval`. The driver rebuilds its client when this changes.
+    pub fn ping_interval(&self) -> Duration {
+        self.ping.unwrap_or(self.cfg.ping_interval)
+    }
+
     /// New credentials or settings arrived: retry at once instead of after the backoff
     /// (an operator who fixed the token should not wait five minutes).
     pub fn retry_now(&mut self, now: Instant) {
@@ -268,6 +283,10 @@ impl Session {
             Ok(cadence) => {
                 if let Some(c) = cadence {
                     self.steered |= c.wait_s.is_some();
+                    // Like `interval_s`, an absent `ping_s` means the default: the config's.
+                    self.ping = c.ping_s.map(|s| {
+                        Duration::from_secs(s.clamp(*PING_S_RANGE.start(), *PING_S_RANGE.end()))
+                    });
                     self.cadence = Timing {
                         wait_s: c.wait_s.map_or(self.cadence.wait_s, |w| w.min(3600)),
                         interval_s: c.interval_s.unwrap_or(0).min(86_400),

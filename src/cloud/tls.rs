@@ -5,7 +5,6 @@
 //! narrows trust to a private CA; without it the system roots are used.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 use reqwest::{Certificate, Identity, redirect};
@@ -70,7 +69,10 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
         .http2_keep_alive_interval(cfg.ping_interval)
         .http2_keep_alive_timeout(cfg.ping_timeout)
         .http2_keep_alive_while_idle(true)
-        .tcp_keepalive(Duration::from_secs(30))
+        // TCP keepalive only for a link HTTP/2 PINGs leave quiet for longer than they
+        // should: on a metered link with rare PINGs, probes every 75 s would cost more
+        // than the PINGs the cloud chose (`ping_s`).
+        .tcp_keepalive(cfg.ping_interval + cfg.ping_timeout)
         // HTTP/2 multiplexes everything over one connection; a cloud that speaks only
         // HTTP/1.1 needs two (the held poll and an early flush), and both stay pooled.
         .pool_max_idle_per_host(2);

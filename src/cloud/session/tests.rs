@@ -9,6 +9,7 @@ fn cfg() -> SessionConfig {
         poll_wait: Duration::from_secs(30),
         backoff_max: Duration::from_secs(60),
         linger: Duration::from_millis(20),
+        ping_interval: Duration::from_secs(20),
     }
 }
 
@@ -72,6 +73,7 @@ async fn server_cadence_steers_wait_and_interval() {
         Ok(Some(Cadence {
             wait_s: Some(5),
             interval_s: Some(10),
+            ping_s: None,
         })),
     );
     assert_eq!(s.poll_action(Instant::now()), None);
@@ -255,6 +257,7 @@ async fn reconfigure_changes_the_wait_unless_the_server_steers_it() {
         Ok(Some(Cadence {
             wait_s: Some(20),
             interval_s: Some(0),
+            ping_s: None,
         })),
     );
     new.poll_wait = Duration::from_secs(7);
@@ -354,6 +357,7 @@ async fn a_cadence_with_only_an_interval_keeps_the_wait() {
         Ok(Some(Cadence {
             wait_s: None,
             interval_s: Some(60),
+            ping_s: None,
         })),
     );
     advance(Duration::from_secs(60)).await;
@@ -362,5 +366,63 @@ async fn a_cadence_with_only_an_interval_keeps_the_wait() {
         Some(Action::Poll {
             wait: cfg().poll_wait
         })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_steers_the_ping_interval_within_bounds() {
+    let mut s = session();
+    assert_eq!(s.ping_interval(), Duration::from_secs(20));
+    let steer = |s: &mut Session, ping_s: Option<u64>| {
+        assert!(matches!(
+            s.poll_action(Instant::now()),
+            Some(Action::Poll { .. })
+        ));
+        s.poll_done(
+            Instant::now(),
+            Ok(Some(Cadence {
+                wait_s: Some(3600),
+                interval_s: None,
+                ping_s,
+            })),
+        );
+    };
+    steer(&mut s, Some(300));
+    assert_eq!(s.ping_interval(), Duration::from_secs(300));
+    // A poll without a cadence changes nothing.
+    advance(Duration::from_secs(1)).await;
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    s.poll_done(Instant::now(), Ok(None));
+    assert_eq!(s.ping_interval(), Duration::from_secs(300));
+    // A failed poll neither.
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    s.poll_done(Instant::now(), Err(Failure::Transient));
+    assert_eq!(s.ping_interval(), Duration::from_secs(300));
+    advance(Duration::from_secs(120)).await;
+    // Held to 10 s .. 1 h.
+    steer(&mut s, Some(1));
+    assert_eq!(s.ping_interval(), Duration::from_secs(10));
+    steer(&mut s, Some(86_400));
+    assert_eq!(s.ping_interval(), Duration::from_secs(3600));
+    // A cadence without ping_s: the config's interval, which a reload may change.
+    steer(&mut s, None);
+    assert_eq!(s.ping_interval(), Duration::from_secs(20));
+    s.reconfigure(SessionConfig {
+        ping_interval: Duration::from_secs(45),
+        ..cfg()
+    });
+    assert_eq!(s.ping_interval(), Duration::from_secs(45));
+    steer(&mut s, Some(600));
+    s.reconfigure(cfg());
+    assert_eq!(
+        s.ping_interval(),
+        Duration::from_secs(600),
+        "the server's value outlives a reload"
     );
 }
