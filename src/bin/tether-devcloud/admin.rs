@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
+use tether::cloud::proto;
 use tether::cloud::wire::Command;
 use tokio::time::Instant;
 
@@ -52,14 +53,16 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         ([gw, "commands"], Method::POST) => enqueue(app, gw, req).await,
         ([gw, "commands"], Method::GET) => {
             let (queued, delivered) = app.store.commands(gw);
-            let (capacity, waiting) = app.store.last_poll(gw);
+            let last = app.store.last_poll(gw);
             http::json(
                 StatusCode::OK,
                 &json!({
                     "queued": queued,
                     "delivered": delivered,
-                    "capacity": capacity,
-                    "waiting": waiting,
+                    "capacity": last.capacity,
+                    "waiting": last.waiting,
+                    "encoding": last.encoding,
+                    "requests_by_encoding": last.requests_by_encoding,
                 }),
             )
         }
@@ -162,6 +165,15 @@ fn check_command(obj: &Map<String, Value>, raw: bool) -> Result<(), String> {
     probe
         .entry("id")
         .or_insert_with(|| Value::String(String::new()));
+    if let Some(b64) = obj.get(proto::BASE64_KEY) {
+        let bytes = b64.as_str().map(proto::raw_payload);
+        if !matches!(bytes, Some(Ok(_))) {
+            return Err(format!(
+                "`{}` must be standard base64 text",
+                proto::BASE64_KEY
+            ));
+        }
+    }
     serde_json::from_value::<Command>(Value::Object(probe))
         .map(drop)
         .map_err(|e| format!("not a valid command ({e}); add ?raw=1 to enqueue it anyway"))

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode, Version};
+use serde_json::Value;
+use tether::cloud::proto::{self, Body as WireBody, Encoding};
 use tether::cloud::wire::{Cadence, PollRequest, PollResponse, ResultsRequest, ResultsResponse};
 use tokio::time::Instant;
 
@@ -58,10 +60,15 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
             if req.method() != Method::POST {
                 return http::method_not_allowed();
             }
+            let encoding = match request_encoding(app, req.headers()) {
+                Ok(e) => e,
+                Err(refused) => return refused.into(),
+            };
+            app.store.note_encoding(gw, encoding);
             if *action == "poll" {
-                poll(app, gw, req).await
+                poll(app, gw, req, encoding).await
             } else {
-                results(app, gw, req).await
+                results(app, gw, req, encoding).await
             }
         }
         _ => http::not_found(),
@@ -94,6 +101,64 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The body's encoding, from `Content-Type`: protobuf under either of its names (unless
+/// `--json-only`: 415, as a JSON-only cloud answers), JSON otherwise (a missing or
+/// unusual type included, as before protobuf existed).
+fn request_encoding(app: &App, headers: &HeaderMap) -> Result<Encoding, Reject> {
+    let named = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::from_media_type);
+    match named {
+        Some(Encoding::Protobuf) if app.json_only => {
+            bump(&app.stats.unsupported_media);
+            Err(Reject::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this cloud speaks application/json only",
+            ))
+        }
+        Some(Encoding::Protobuf) => {
+            bump(&app.stats.requests_protobuf);
+            Ok(Encoding::Protobuf)
+        }
+        _ => {
+            bump(&app.stats.requests_json);
+            Ok(Encoding::Json)
+        }
+    }
+}
+
+/// Reads and decodes a request body; 400 when it does not decode, 413 when too large.
+async fn read_body<T: WireBody>(
+    app: &App,
+    req: Request<Incoming>,
+    encoding: Encoding,
+) -> Result<T, http::Reject> {
+    let bytes = http::read_body(req, app.max_body_bytes).await?;
+    encoding.decode(&bytes).map_err(|e| {
+        http::Reject::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {} body: {e}", encoding.as_str()),
+        )
+    })
+}
+
+/// A 200 response in `encoding`.
+fn answer<T: WireBody>(encoding: Encoding, body: &T) -> Response<Body> {
+    http::encoded(encoding.media_type(), encoding.encode(body))
+}
+
+/// A command enqueued with `payload_base64` (raw bytes) reaches a JSON gateway as that
+/// base64 text in `payload`, the nearest JSON has; a protobuf gateway gets the bytes.
+fn for_json(mut command: Value) -> Value {
+    if let Value::Object(fields) = &mut command
+        && let Some(b64) = fields.remove(proto::BASE64_KEY)
+    {
+        fields.insert("payload".into(), b64);
+    }
+    command
+}
+
 /// `wait=N` from `Prefer` headers (RFC 7240); 0 when absent or unparsable.
 fn prefer_wait(headers: &HeaderMap) -> u64 {
     headers
@@ -114,12 +179,12 @@ fn prefer_wait(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
+async fn poll(app: &App, gw: &str, req: Request<Incoming>, encoding: Encoding) -> Response<Body> {
     bump(&app.stats.polls);
     let wait_s = prefer_wait(req.headers())
         .min(app.max_wait_s)
         .min(MAX_HOLD_S);
-    let body: PollRequest = match http::read_json(req, app.max_body_bytes).await {
+    let body: PollRequest = match read_body(app, req, encoding).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),
     };
@@ -167,22 +232,32 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
         }
     };
 
-    http::json(
-        StatusCode::OK,
+    let commands = match encoding {
+        Encoding::Json => commands.into_iter().map(for_json).collect(),
+        Encoding::Protobuf => commands,
+    };
+    answer(
+        encoding,
         &PollResponse {
             commands,
             acked: start.acked,
             poll: Some(Cadence {
                 wait_s: Some(app.wait_s),
                 interval_s: Some(app.interval_s),
+                ping_s: app.ping_s,
             }),
         },
     )
 }
 
-async fn results(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> {
+async fn results(
+    app: &App,
+    gw: &str,
+    req: Request<Incoming>,
+    encoding: Encoding,
+) -> Response<Body> {
     bump(&app.stats.results_posts);
-    let body: ResultsRequest = match http::read_json(req, app.max_body_bytes).await {
+    let body: ResultsRequest = match read_body(app, req, encoding).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),
     };
@@ -190,7 +265,7 @@ async fn results(app: &App, gw: &str, req: Request<Incoming>) -> Response<Body> 
     if let Err(reject) = commit(app, version).await {
         return reject.into();
     }
-    http::json(StatusCode::OK, &ResultsResponse { acked })
+    answer(encoding, &ResultsResponse { acked })
 }
 
 /// Makes a change durable before it is acknowledged; 500 if that fails, so the gateway

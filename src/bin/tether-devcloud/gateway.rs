@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tether::cloud::proto::Encoding;
 use tether::cloud::wire::{CommandResult, Event};
 use tokio::sync::Notify;
 
@@ -66,6 +67,9 @@ pub struct Gateway {
     pub last_capacity: Option<u32>,
     /// What the last poll listed as waiting for appliances that are away.
     pub last_waiting: Vec<String>,
+    /// The encoding of the gateway's last request, and how many came in each.
+    pub last_encoding: Option<Encoding>,
+    pub requests_by_encoding: HashMap<Encoding, u64>,
 }
 
 impl Gateway {

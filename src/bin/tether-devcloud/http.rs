@@ -184,6 +184,15 @@ pub fn with_raw_body(status: StatusCode, body: Body) -> Response<Body> {
     response
 }
 
+/// A 200 response with an already encoded body of `media_type`.
+pub fn encoded(media_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(bytes)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
+    response
+}
+
 fn with_body(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from(bytes)));
     *response.status_mut() = status;

@@ -62,6 +62,15 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     interval_s: u64,
 
+    /// `ping_s` the server tells gateways to use (their HTTP/2 PING interval); left out
+    /// of `poll` when not given, so gateways use their own `cloud.ping_interval`.
+    #[arg(long, value_name = "N")]
+    ping_s: Option<u64>,
+
+    /// Answer protobuf requests with 415, as a cloud that speaks only JSON does.
+    #[arg(long)]
+    json_only: bool,
+
     /// Upper bound on how long a poll is held, whatever its `Prefer: wait`.
     #[arg(long, value_name = "N", default_value_t = 60)]
     max_wait_s: u64,
@@ -87,6 +96,8 @@ pub struct App {
     pub token: Option<String>,
     pub wait_s: u64,
     pub interval_s: u64,
+    pub ping_s: Option<u64>,
+    pub json_only: bool,
     pub max_wait_s: u64,
     pub max_body_bytes: usize,
 }
@@ -138,6 +149,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         token: cli.token.filter(|t| !t.is_empty()),
         wait_s: cli.wait_s,
         interval_s: cli.interval_s,
+        ping_s: cli.ping_s,
+        json_only: cli.json_only,
         max_wait_s: cli.max_wait_s,
         max_body_bytes: cli.max_body_bytes,
     });

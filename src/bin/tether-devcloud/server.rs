@@ -20,7 +20,7 @@ use crate::App;
 use crate::admin;
 use crate::api::{self, ConnInfo};
 use crate::http::Body;
-use crate::stats::{Counted, bump};
+use crate::stats::{Counted, PingCounted, bump};
 
 /// How long a client gets to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,13 +116,17 @@ async fn serve_tls_connection(
         client_cert: tls.get_ref().1.peer_certificates().is_some(),
     };
 
+    let app_stats = app.stats.clone();
     let mut goaway = app.faults.goaway();
     goaway.mark_unchanged();
     let service = service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         async move { Ok::<Response<Body>, Infallible>(api::handle(&app, conn, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    // Counting PINGs needs the HTTP/2 framing, so only a connection that negotiated h2.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let stream = PingCounted::new(tls, app_stats, h2);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     loop {
         tokio::select! {

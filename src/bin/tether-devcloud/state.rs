@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
+use tether::cloud::proto::Encoding;
 use tether::cloud::wire::{CommandResult, Event, PollRequest};
 use tokio::sync::Notify;
 
@@ -157,11 +158,29 @@ impl Store {
         self.lock().gateway(gw).set_ignore_results(ignore_results);
     }
 
-    /// What the last poll of `gw` advertised as its capacity, and listed as waiting.
-    pub fn last_poll(&self, gw: &str) -> (Option<u32>, Vec<String>) {
+    /// What the last poll of `gw` advertised as its capacity and listed as waiting, and
+    /// the encodings its requests came in.
+    pub fn last_poll(&self, gw: &str) -> LastPoll {
         let mut inner = self.lock();
         let g = inner.gateway(gw);
-        (g.last_capacity, g.last_waiting.clone())
+        LastPoll {
+            capacity: g.last_capacity,
+            waiting: g.last_waiting.clone(),
+            encoding: g.last_encoding.map(Encoding::as_str),
+            requests_by_encoding: g
+                .requests_by_encoding
+                .iter()
+                .map(|(e, n)| (e.as_str(), *n))
+                .collect(),
+        }
+    }
+
+    /// A request of `gw` (poll or flush) came in `encoding`.
+    pub fn note_encoding(&self, gw: &str, encoding: Encoding) {
+        let mut inner = self.lock();
+        let g = inner.gateway(gw);
+        g.last_encoding = Some(encoding);
+        *g.requests_by_encoding.entry(encoding).or_default() += 1;
     }
 
     /// Appends commands to the queue, giving `cN` ids to those without one, and wakes a
@@ -276,4 +295,12 @@ impl Store {
         let bytes = snapshot::encode(inner.last_id, &inner.gateways)?;
         Ok((inner.version, bytes))
     }
+}
+
+/// What the admin API shows of a gateway's last poll.
+pub struct LastPoll {
+    pub capacity: Option<u32>,
+    pub waiting: Vec<String>,
+    pub encoding: Option<&'static str>,
+    pub requests_by_encoding: std::collections::BTreeMap<&'static str, u64>,
 }

@@ -2,7 +2,8 @@
 //! around every TCP stream of the HTTPS listener.
 //!
 //! Bytes are counted below TLS on purpose: benchmarks compare what actually crosses the
-//! network (handshakes, TLS records, HTTP/2 framing and pings included).
+//! network (handshakes, TLS records, HTTP/2 framing and pings included). TLS records are
+//! counted too (from their headers), and above TLS the HTTP/2 PINGs a client sends.
 
 use std::io;
 use std::pin::Pin;
@@ -26,6 +27,15 @@ pub struct Stats {
     pub requests_http2: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// TLS records each way (from their 5-byte headers), to estimate TCP/IP overhead.
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    /// Gateway requests by body encoding, and those refused with 415.
+    pub requests_json: AtomicU64,
+    pub requests_protobuf: AtomicU64,
+    pub unsupported_media: AtomicU64,
+    /// HTTP/2 PING frames the clients sent (not counting ACKs of the server's).
+    pub pings_received: AtomicU64,
 }
 
 /// Increments a counter; counters are independent, so relaxed ordering is enough.
@@ -47,6 +57,12 @@ impl Stats {
             "requests_http2": get(&self.requests_http2),
             "bytes_in": get(&self.bytes_in),
             "bytes_out": get(&self.bytes_out),
+            "records_in": get(&self.records_in),
+            "records_out": get(&self.records_out),
+            "requests_json": get(&self.requests_json),
+            "requests_protobuf": get(&self.requests_protobuf),
+            "unsupported_media": get(&self.unsupported_media),
+            "pings_received": get(&self.pings_received),
         })
     }
 
@@ -68,15 +84,152 @@ impl Drop for OpenConnection {
     }
 }
 
-/// An `AsyncRead + AsyncWrite` that adds the bytes it moves to `bytes_in`/`bytes_out`.
+/// Follows a stream of length-prefixed frames (TLS records, HTTP/2 frames) as its bytes
+/// pass, holding no more than one header.
+#[derive(Default)]
+struct Frames {
+    header: [u8; 9],
+    have: usize,
+    /// Bytes still to pass before the next header (a payload, or HTTP/2's preface).
+    skip: usize,
+}
+
+impl Frames {
+    /// Feeds `data`; `on_header` sees each complete header of `n` bytes and says how long
+    /// the payload that follows it is.
+    fn feed(&mut self, mut data: &[u8], n: usize, mut on_header: impl FnMut(&[u8]) -> usize) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let k = self.skip.min(data.len());
+                self.skip -= k;
+                data = &data[k..];
+                continue;
+            }
+            let k = (n - self.have).min(data.len());
+            self.header[self.have..self.have + k].copy_from_slice(&data[..k]);
+            self.have += k;
+            data = &data[k..];
+            if self.have == n {
+                self.skip = on_header(&self.header[..n]);
+                self.have = 0;
+            }
+        }
+    }
+}
+
+/// A TLS record header: type, version, then the length.
+fn tls_record(counter: &AtomicU64) -> impl FnMut(&[u8]) -> usize + '_ {
+    move |h| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        usize::from(u16::from_be_bytes([h[3], h[4]]))
+    }
+}
+
+/// An `AsyncRead + AsyncWrite` that adds the bytes it moves to `bytes_in`/`bytes_out`, and
+/// the TLS records they hold to `records_in`/`records_out`.
 pub struct Counted<S> {
     inner: S,
     stats: Arc<Stats>,
+    records_in: Frames,
+    records_out: Frames,
 }
 
 impl<S> Counted<S> {
     pub fn new(inner: S, stats: Arc<Stats>) -> Self {
-        Counted { inner, stats }
+        Counted {
+            inner,
+            stats,
+            records_in: Frames::default(),
+            records_out: Frames::default(),
+        }
+    }
+
+    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        for buf in bufs {
+            let part = &buf[..n.min(buf.len())];
+            self.records_out
+                .feed(part, 5, tls_record(&self.stats.records_out));
+            n -= part.len();
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// The decrypted side of an HTTP/2 connection, counting the PING frames the client sends
+/// (`pings_received`): what an idle gateway pays for besides its polls.
+pub struct PingCounted<S> {
+    inner: S,
+    stats: Arc<Stats>,
+    frames: Frames,
+}
+
+impl<S> PingCounted<S> {
+    /// `h2`: the connection speaks HTTP/2 (else nothing is counted).
+    pub fn new(inner: S, stats: Arc<Stats>, h2: bool) -> Self {
+        PingCounted {
+            inner,
+            stats,
+            // The client's connection preface comes before the first frame; an HTTP/1.1
+            // connection has no frames, so its bytes are never read as headers.
+            frames: Frames {
+                skip: if h2 { 24 } else { usize::MAX },
+                ..Frames::default()
+            },
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PingCounted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        let stats = &this.stats;
+        this.frames.feed(&buf.filled()[before..], 9, |h| {
+            // Type 0x6 is PING; flag 0x1 marks an ACK (of the server's own PING).
+            if h[3] == 0x6 && h[4] & 0x1 == 0 {
+                stats.pings_received.fetch_add(1, Ordering::Relaxed);
+            }
+            (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2])
+        });
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PingCounted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -88,8 +241,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let n = buf.filled().len().saturating_sub(before);
-        self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let this = &mut *self;
+        let data = &buf.filled()[before..];
+        this.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        this.records_in
+            .feed(data, 5, tls_record(&this.stats.records_in));
         Poll::Ready(Ok(()))
     }
 }
@@ -101,7 +259,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.wrote(&[io::IoSlice::new(buf)], n);
         Poll::Ready(Ok(n))
     }
 
@@ -111,7 +269,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.wrote(bufs, n);
         Poll::Ready(Ok(n))
     }
 
