@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use crate::bluez::FakeBluez;
-use crate::common::{DevCloud, TempDir, Tetherd, config};
+use crate::common::{DevCloud, TempDir, Tetherd, add_cloud_keys, config};
 
 pub const SERVICE: &str = "7e7e0001-0000-4000-8000-00000000beef";
 pub const COMMAND: &str = "7e7e0002-0000-4000-8000-00000000beef";
@@ -36,11 +36,23 @@ impl BleRig {
     /// then starts the daemon with `mqtt` appliances and the `extra` TOML (BLE appliances,
     /// `[ble]`, groups).
     pub fn start(tag: &str, mqtt: &[&str], extra: &str, setup: impl FnOnce(&FakeBluez)) -> BleRig {
+        BleRig::start_with(tag, mqtt, extra, "", setup)
+    }
+
+    /// Like [`BleRig::start`], with `cloud_keys` added to the `[cloud]` section.
+    pub fn start_with(
+        tag: &str,
+        mqtt: &[&str],
+        extra: &str,
+        cloud_keys: &str,
+        setup: impl FnOnce(&FakeBluez),
+    ) -> BleRig {
         let dir = TempDir::new(tag);
         let cloud = DevCloud::start(dir.path(), &[]);
         let fake = FakeBluez::start(&dir.path().join("bluez"));
         setup(&fake);
         let cfg = config(dir.path(), &cloud, mqtt, extra);
+        add_cloud_keys(&cfg, cloud_keys);
         let daemon =
             Tetherd::start_with_env(&cfg, &[("DBUS_SYSTEM_BUS_ADDRESS", fake.bus_address())]);
         BleRig {
