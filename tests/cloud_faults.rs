@@ -106,7 +106,7 @@ async fn broken_stalled_malformed_and_huge_responses_are_abandoned() {
     }
     let log = r.daemon.log.all().join("\n");
     assert!(
-        log.contains("not valid protocol v1 JSON"),
+        log.contains("not a valid protocol v1 json body"),
         "malformed not reported"
     );
     assert!(

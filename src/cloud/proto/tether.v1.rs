@@ -30,8 +30,9 @@ pub struct PollResponse {
     #[prost(message, optional, tag = "3")]
     pub poll: ::core::option::Option<Cadence>,
 }
-/// How the server wants to be polled. An absent field keeps its current value, except
-/// `interval_s`, which then means 0 (long polling).
+/// How the server wants to be polled. An absent `wait_s` keeps the wait in force; an
+/// absent `interval_s` means 0 (long polling); an absent `ping_s`, the gateway's
+/// configured `cloud.ping_interval`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds (at most 3600).
@@ -40,7 +41,7 @@ pub struct Cadence {
     /// Pause between polls, in seconds; 0 means poll again at once.
     #[prost(uint64, optional, tag = "2")]
     pub interval_s: ::core::option::Option<u64>,
-    /// HTTP/2 PING interval for the connection, in seconds (10 to 3600).
+    /// HTTP/2 PING interval for the connection, in seconds (held to 10..3600).
     #[prost(uint64, optional, tag = "3")]
     pub ping_s: ::core::option::Option<u64>,
 }
