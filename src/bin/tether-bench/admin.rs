@@ -31,6 +31,12 @@ pub struct Stats {
     pub requests_http2: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    #[serde(default)]
+    pub records_in: u64,
+    #[serde(default)]
+    pub records_out: u64,
+    #[serde(default)]
+    pub pings_received: u64,
 }
 
 impl Admin {
@@ -107,6 +113,9 @@ impl Stats {
             requests_http2: self.requests_http2 - earlier.requests_http2,
             bytes_in: self.bytes_in - earlier.bytes_in,
             bytes_out: self.bytes_out - earlier.bytes_out,
+            records_in: self.records_in - earlier.records_in,
+            records_out: self.records_out - earlier.records_out,
+            pings_received: self.pings_received - earlier.pings_received,
         }
     }
 }

@@ -32,6 +32,7 @@ pub async fn footprint(
             appliances: n,
             linger: "0s",
             sync: "full",
+            encoding: "json",
         };
         let tetherd = Tetherd::start(ctx, &setup).await?;
         let mut fleet = Fleet::new();
@@ -75,6 +76,7 @@ pub async fn idle(
         appliances,
         linger: "0s",
         sync: "full",
+        encoding: "json",
     };
     let tetherd = Tetherd::start(ctx, &setup).await?;
     let mut fleet = Fleet::new();

@@ -34,12 +34,12 @@ const ROWS: [(&str, &str, &str, u64); 4] = [
 ];
 
 #[derive(Default)]
-struct Samples {
-    rtt: Vec<f64>,
+pub struct Samples {
+    pub rtt: Vec<f64>,
     down: Vec<f64>,
     up: Vec<f64>,
     in_gateway: Vec<f64>,
-    counters: Stats,
+    pub counters: Stats,
     /// Context switches of tetherd's threads over the measured commands.
     switches: u64,
 }
@@ -79,6 +79,7 @@ pub async fn run(
             appliances: 1,
             linger,
             sync,
+            encoding: "json",
         };
         let tetherd = Tetherd::start(ctx, &setup).await?;
         let mut fleet = Fleet::new();
@@ -122,7 +123,7 @@ pub async fn run(
 
 /// One command at a time to appliance `a0` of gateway `gw`; the first `warmup` are not
 /// recorded (first requests open the admin API's connections, fill caches).
-async fn sequential(
+pub async fn sequential(
     admin: &Admin,
     gw: &str,
     mut fleet: Option<&mut Fleet>,

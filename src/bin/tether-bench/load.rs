@@ -31,6 +31,7 @@ pub async fn run(
         appliances,
         linger: "0s",
         sync,
+        encoding: "json",
     };
     let tetherd = Tetherd::start(ctx, &setup).await?;
     let mut fleet = Fleet::new();

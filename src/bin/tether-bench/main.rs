@@ -5,8 +5,9 @@
 //! found next to this executable unless `--devcloud`/`--tetherd` say otherwise) on
 //! loopback, connects simulated MQTT appliances that answer at once, and measures:
 //! round-trip latency (`latency`), pipelined throughput (`load`), memory with 0..1,000
-//! appliances and binary size, the idle cost of the cloud link (`footprint`), and the
-//! journal's fsync cost (`journal`). docs/benchmarks.md describes each method.
+//! appliances and binary size, the idle cost of the cloud link (`footprint`), the link's
+//! bytes in JSON and in Protocol Buffers (`wire`), and the journal's fsync cost
+//! (`journal`). docs/benchmarks.md describes each method.
 //!
 //! Every child is killed by pid when the bench ends, errors included; every wait is
 //! bounded, and the whole run is under a watchdog.
@@ -22,6 +23,7 @@ mod probe;
 mod procs;
 mod report;
 mod table;
+mod wire;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,8 +37,10 @@ use crate::procs::DevCloud;
 use crate::report::Report;
 
 /// What every section needs.
+#[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub tetherd: &'a Path,
+    pub devcloud: &'a Path,
     pub dir: &'a Path,
     pub cloud: &'a DevCloud,
     pub admin: &'a Admin,
@@ -154,6 +158,7 @@ async fn run(cli: &Cli, dir: &Path) -> Result<Report, String> {
         throughput: Vec::new(),
         footprint: None,
         idle: None,
+        wire: None,
         durability: Vec::new(),
         targets: Vec::new(),
     };
@@ -162,6 +167,7 @@ async fn run(cli: &Cli, dir: &Path) -> Result<Report, String> {
     let admin = Admin::new(cloud.admin)?;
     let ctx = Ctx {
         tetherd: &tetherd,
+        devcloud: &devcloud,
         dir,
         cloud: &cloud,
         admin: &admin,
@@ -226,6 +232,9 @@ async fn sections(
         );
         let appliances = pick(cli.idle_appliances, 10, 100, s);
         report.idle = Some(footprint::idle(ctx, appliances, cli.keep_alive, period).await?);
+    }
+    if want("wire") {
+        report.wire = Some(wire::run(ctx, s).await?);
     }
     Ok(())
 }

@@ -38,9 +38,15 @@ pub struct DevCloud {
 
 impl DevCloud {
     pub async fn start(bin: &Path, dir: &Path) -> Result<DevCloud, String> {
+        DevCloud::start_with(bin, dir, &[]).await
+    }
+
+    /// Like [`DevCloud::start`], with more command-line arguments (its cadence).
+    pub async fn start_with(bin: &Path, dir: &Path, args: &[&str]) -> Result<DevCloud, String> {
         let cert_dir = dir.join("devcloud-certs");
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args)
             .arg("--cert-dir")
             .arg(&cert_dir)
             .env_remove("RUST_LOG")
@@ -87,6 +93,8 @@ pub struct Setup<'a> {
     pub appliances: usize,
     pub linger: &'a str,
     pub sync: &'a str,
+    /// `cloud.encoding`.
+    pub encoding: &'a str,
 }
 
 pub fn appliance_id(i: usize) -> String {
@@ -103,7 +111,7 @@ pub fn password(id: &str) -> String {
 fn config_text(setup: &Setup, cloud: &DevCloud, state_dir: &Path) -> String {
     let mut text = format!(
         "[gateway]\nid = \"{gw}\"\nstate_dir = \"{state}\"\n\n\
-         [cloud]\nurl = \"https://localhost:{port}\"\nca_file = \"{ca}\"\nresult_linger = \"{linger}\"\n\n\
+         [cloud]\nurl = \"https://localhost:{port}\"\nca_file = \"{ca}\"\nresult_linger = \"{linger}\"\nencoding = \"{encoding}\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connections = {maxconn}\nmax_connect_rate = 100000\n\n\
          [state]\nsync = \"{sync}\"\n\n[log]\ntarget = \"stderr\"\n\n",
         gw = setup.gateway,
@@ -111,6 +119,7 @@ fn config_text(setup: &Setup, cloud: &DevCloud, state_dir: &Path) -> String {
         port = cloud.https.port(),
         ca = cloud.ca.display(),
         linger = setup.linger,
+        encoding = setup.encoding,
         // The default (1024) unless a footprint step needs more.
         maxconn = (setup.appliances + 16).max(1024),
         sync = setup.sync,

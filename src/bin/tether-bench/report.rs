@@ -17,6 +17,7 @@ pub struct Report {
     pub throughput: Vec<Throughput>,
     pub footprint: Option<Footprint>,
     pub idle: Option<Idle>,
+    pub wire: Option<Wire>,
     pub durability: Vec<JournalRow>,
     pub targets: Vec<Target>,
 }
@@ -152,6 +153,34 @@ pub struct JournalRow {
     pub results_per_s: f64,
 }
 
+/// Bytes on the cloud link per encoding (`wire`): TLS records and HTTP/2 frames as the
+/// devcloud counts them, and with TCP/IP headers estimated (`tcp_ip_header` per record,
+/// and as much again for its ACK).
+#[derive(Debug, Serialize)]
+pub struct Wire {
+    pub rows: Vec<WireRow>,
+    /// Body bytes of a poll carrying 10 results and 10 events.
+    pub poll_10_results_10_events_json: usize,
+    pub poll_10_results_10_events_protobuf: usize,
+    pub tcp_ip_header: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WireRow {
+    pub encoding: String,
+    pub idle_cycle_bytes: f64,
+    pub idle_cycle_with_tcp_ip: f64,
+    pub round_trip_bytes: f64,
+    pub round_trip_with_tcp_ip: f64,
+    /// One PING and its ACK (not measured in smoke runs).
+    pub ping_bytes: Option<f64>,
+    pub rtt: Dist,
+    pub idle_hour_wait3600_ping20: Option<f64>,
+    pub idle_hour_wait3600_ping20_with_tcp_ip: Option<f64>,
+    pub idle_hour_wait3600_ping300: Option<f64>,
+    pub idle_hour_wait3600_ping300_with_tcp_ip: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Target {
     pub what: String,
@@ -180,6 +209,43 @@ impl Report {
                     "p50 <= 1 ms, p99 <= 5 ms",
                     format!("p50 {:.2} ms, p99 {:.2} ms", row.rtt.p50, row.rtt.p99),
                     row.rtt.p50 <= 1.0 && row.rtt.p99 <= 5.0,
+                );
+            }
+        }
+        if let Some(w) = &self.wire {
+            let (json, pb) = (
+                w.poll_10_results_10_events_json as f64,
+                w.poll_10_results_10_events_protobuf as f64,
+            );
+            add(
+                "poll with 10 results and 10 events, protobuf against JSON",
+                ">= 40 % smaller",
+                format!(
+                    "{pb:.0} bytes against {json:.0} ({:.0} % smaller)",
+                    100.0 * (1.0 - pb / json)
+                ),
+                pb <= 0.6 * json,
+            );
+            if let Some(hour) = w
+                .rows
+                .iter()
+                .find(|r| r.encoding == "protobuf")
+                .and_then(|r| r.idle_hour_wait3600_ping300_with_tcp_ip)
+            {
+                add(
+                    "idle hour, protobuf, wait_s 3600, ping_s 300, TCP/IP included",
+                    "<= 5 KB",
+                    format!("{:.0} bytes", hour),
+                    hour <= 5000.0,
+                );
+            }
+            if let [j, p] = w.rows.as_slice() {
+                add(
+                    "round trip p50, protobuf against JSON",
+                    "no worse",
+                    format!("{:.2} ms against {:.2} ms", p.rtt.p50, j.rtt.p50),
+                    // Within the noise of one run on a shared machine.
+                    p.rtt.p50 <= j.rtt.p50 * 1.1,
                 );
             }
         }

@@ -229,6 +229,52 @@ pub fn render(r: &Report) -> String {
         }
     }
 
+    if let Some(w) = &r.wire {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        let _ = writeln!(
+            o,
+            "\n6. Cloud link bytes by encoding (TLS records + HTTP/2 frames; \"+tcp\": with {:.0} B TCP/IP per record and per ACK)",
+            w.tcp_ip_header
+        );
+        let _ = writeln!(
+            o,
+            "{:<9} {:>11} {:>9} {:>11} {:>9} {:>7} {:>9} {:>12} {:>12} {:>13} {:>13}",
+            "encoding",
+            "idle cycle",
+            "+tcp",
+            "round trip",
+            "+tcp",
+            "PING",
+            "rtt p50",
+            "hour ping20",
+            "+tcp",
+            "hour ping300",
+            "+tcp"
+        );
+        for row in &w.rows {
+            let _ = writeln!(
+                o,
+                "{:<9} {:>11.0} {:>9.0} {:>11.0} {:>9.0} {:>7} {:>7.2}ms {:>12} {:>12} {:>13} {:>13}",
+                row.encoding,
+                row.idle_cycle_bytes,
+                row.idle_cycle_with_tcp_ip,
+                row.round_trip_bytes,
+                row.round_trip_with_tcp_ip,
+                opt(row.ping_bytes),
+                row.rtt.p50,
+                opt(row.idle_hour_wait3600_ping20),
+                opt(row.idle_hour_wait3600_ping20_with_tcp_ip),
+                opt(row.idle_hour_wait3600_ping300),
+                opt(row.idle_hour_wait3600_ping300_with_tcp_ip),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "poll body with 10 results and 10 events: JSON {} bytes, protobuf {} bytes",
+            w.poll_10_results_10_events_json, w.poll_10_results_10_events_protobuf
+        );
+    }
+
     if !r.targets.is_empty() {
         let _ = writeln!(
             o,
