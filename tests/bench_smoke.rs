@@ -99,6 +99,20 @@ fn smoke_run_reports_every_section() {
     positive(&idle["seconds"], "idle seconds");
     assert!(idle["cpu_seconds"].as_f64().is_some_and(|c| c >= 0.0));
 
+    let wire = &r["wire"];
+    let rows = wire["rows"].as_array().expect("wire rows");
+    assert_eq!(rows.len(), 2, "json and protobuf: {wire}");
+    for row in rows {
+        positive(&row["idle_cycle_bytes"], "idle cycle bytes");
+        positive(&row["round_trip_bytes"], "round trip bytes");
+        positive(&row["rtt"]["p50"], "wire rtt p50");
+    }
+    let (json, pb) = (
+        wire["poll_10_results_10_events_json"].as_u64().unwrap(),
+        wire["poll_10_results_10_events_protobuf"].as_u64().unwrap(),
+    );
+    assert!(pb > 0 && pb < json, "protobuf {pb} bytes, JSON {json}");
+
     let durability = r["durability"].as_array().expect("durability rows");
     assert_eq!(durability.len(), 4, "full/normal x 1/64 writers");
     for d in durability {

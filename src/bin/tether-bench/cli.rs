@@ -76,6 +76,16 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
     /// Extra environment for every tetherd started (e.g. MALLOC_ARENA_MAX=2).
+    /// `wire`: the encodings measured, in this order (`json,protobuf`; reverse it to
+    /// check that order does not decide the latency figures).
+    #[arg(long, value_delimiter = ',', value_name = "LIST", default_values_t = ["json".to_owned(), "protobuf".to_owned()])]
+    pub encodings: Vec<String>,
+
+    /// `wire`: `state.sync` of the gateways it starts (`normal` takes the disk's fsync
+    /// out of the latency comparison).
+    #[arg(long, value_name = "MODE", default_value = "full")]
+    pub wire_sync: String,
+
     #[arg(long = "tetherd-env", value_name = "KEY=VALUE")]
     pub tetherd_env: Vec<String>,
 }

@@ -36,8 +36,8 @@ const ROWS: [(&str, &str, &str, u64); 4] = [
 #[derive(Default)]
 pub struct Samples {
     pub rtt: Vec<f64>,
-    down: Vec<f64>,
-    up: Vec<f64>,
+    pub down: Vec<f64>,
+    pub up: Vec<f64>,
     in_gateway: Vec<f64>,
     pub counters: Stats,
     /// Context switches of tetherd's threads over the measured commands.

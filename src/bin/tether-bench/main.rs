@@ -234,7 +234,7 @@ async fn sections(
         report.idle = Some(footprint::idle(ctx, appliances, cli.keep_alive, period).await?);
     }
     if want("wire") {
-        report.wire = Some(wire::run(ctx, s).await?);
+        report.wire = Some(wire::run(ctx, &cli.encodings, &cli.wire_sync, s).await?);
     }
     Ok(())
 }

@@ -162,6 +162,9 @@ pub struct Wire {
     /// Body bytes of a poll carrying 10 results and 10 events.
     pub poll_10_results_10_events_json: usize,
     pub poll_10_results_10_events_protobuf: usize,
+    /// CPU to encode and decode one round trip's four bodies, in this process.
+    pub codec_us_per_round_trip_json: f64,
+    pub codec_us_per_round_trip_protobuf: f64,
     pub tcp_ip_header: f64,
 }
 
@@ -175,6 +178,9 @@ pub struct WireRow {
     /// One PING and its ACK (not measured in smoke runs).
     pub ping_bytes: Option<f64>,
     pub rtt: Dist,
+    /// Enqueued at the cloud to received by the appliance; answered to stored.
+    pub down: Dist,
+    pub up: Dist,
     pub idle_hour_wait3600_ping20: Option<f64>,
     pub idle_hour_wait3600_ping20_with_tcp_ip: Option<f64>,
     pub idle_hour_wait3600_ping300: Option<f64>,
@@ -239,7 +245,8 @@ impl Report {
                     hour <= 5000.0,
                 );
             }
-            if let [j, p] = w.rows.as_slice() {
+            let by = |e: &str| w.rows.iter().find(|r| r.encoding == e);
+            if let (Some(j), Some(p)) = (by("json"), by("protobuf")) {
                 add(
                     "round trip p50, protobuf against JSON",
                     "no worse",

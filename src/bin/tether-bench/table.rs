@@ -273,6 +273,11 @@ pub fn render(r: &Report) -> String {
             "poll body with 10 results and 10 events: JSON {} bytes, protobuf {} bytes",
             w.poll_10_results_10_events_json, w.poll_10_results_10_events_protobuf
         );
+        let _ = writeln!(
+            o,
+            "encoding + decoding one round trip's four bodies: JSON {:.1} us, protobuf {:.1} us",
+            w.codec_us_per_round_trip_json, w.codec_us_per_round_trip_protobuf
+        );
     }
 
     if !r.targets.is_empty() {

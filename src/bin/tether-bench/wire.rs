@@ -32,17 +32,31 @@ use crate::report::{Dist, Wire, WireRow};
 /// IPv4 (20) + TCP (20) + timestamps option (12).
 pub const TCP_IP_HEADER: f64 = 52.0;
 
-pub async fn run(ctx: &Ctx<'_>, smoke: bool) -> Result<Wire, String> {
+pub async fn run(
+    ctx: &Ctx<'_>,
+    encodings: &[String],
+    sync: &str,
+    smoke: bool,
+) -> Result<Wire, String> {
     let mut rows = Vec::new();
     let mut stored = Vec::new();
-    for encoding in [Encoding::Json, Encoding::Protobuf] {
-        let (row, results) = one(ctx, encoding, smoke).await?;
+    for name in encodings {
+        let encoding = match name.as_str() {
+            "json" => Encoding::Json,
+            "protobuf" => Encoding::Protobuf,
+            other => return Err(format!("--encodings: no encoding {other}")),
+        };
+        let (row, results) = one(ctx, encoding, sync, smoke).await?;
         rows.push(row);
         stored = results;
     }
     let poll = ten_results_and_events(&stored);
+    let codec_us = [Encoding::Json, Encoding::Protobuf]
+        .map(|e| codec_cost(e, &stored, if smoke { 200 } else { 20_000 }));
     Ok(Wire {
         rows,
+        codec_us_per_round_trip_json: codec_us[0],
+        codec_us_per_round_trip_protobuf: codec_us[1],
         poll_10_results_10_events_json: Encoding::Json.encode(&poll).len(),
         poll_10_results_10_events_protobuf: Encoding::Protobuf.encode(&poll).len(),
         tcp_ip_header: TCP_IP_HEADER,
@@ -52,6 +66,7 @@ pub async fn run(ctx: &Ctx<'_>, smoke: bool) -> Result<Wire, String> {
 async fn one(
     ctx: &Ctx<'_>,
     encoding: Encoding,
+    sync: &str,
     smoke: bool,
 ) -> Result<(WireRow, Vec<CommandResult>), String> {
     let name = encoding.as_str();
@@ -61,7 +76,7 @@ async fn one(
         gateway: &gw,
         appliances: 1,
         linger: "0s",
-        sync: "full",
+        sync,
         encoding: name,
     };
 
@@ -94,7 +109,7 @@ async fn one(
     };
     let out = held(&sub, &setup, smoke).await;
     cloud.stop().await;
-    let (rtt, rt_bytes, rt_records, ping, results) = out?;
+    let ([rtt, down, up], rt_bytes, rt_records, ping, results) = out?;
 
     let hour = |ping_s: f64| {
         ping.map(|(bytes, records)| {
@@ -113,6 +128,8 @@ async fn one(
             round_trip_with_tcp_ip: rt_bytes + 2.0 * TCP_IP_HEADER * rt_records,
             ping_bytes: ping.map(|p| p.0),
             rtt,
+            down,
+            up,
             idle_hour_wait3600_ping20: hour(20.0).map(|h| h.0),
             idle_hour_wait3600_ping20_with_tcp_ip: hour(20.0).map(|h| h.1),
             idle_hour_wait3600_ping300: hour(300.0).map(|h| h.0),
@@ -160,7 +177,7 @@ async fn wait_polls(admin: &Admin, before: &Stats, polls: u64) -> Result<Stats, 
     Err(format!("fewer than {polls} polls came in"))
 }
 
-type Held = (Dist, f64, f64, Option<(f64, f64)>, Vec<CommandResult>);
+type Held = ([Dist; 3], f64, f64, Option<(f64, f64)>, Vec<CommandResult>);
 
 /// Round trips on a held link, then (unless `smoke`) a quiet window of PINGs.
 async fn held(ctx: &Ctx<'_>, setup: &Setup<'_>, smoke: bool) -> Result<Held, String> {
@@ -215,12 +232,54 @@ async fn held(ctx: &Ctx<'_>, setup: &Setup<'_>, smoke: bool) -> Result<Held, Str
             .into_iter()
             .filter_map(|v| serde_json::from_value(v["result"].clone()).ok())
             .collect();
-        Ok::<_, String>((Dist::of(s.rtt), rt_bytes, rt_records, ping, results))
+        let dists = [Dist::of(s.rtt), Dist::of(s.down), Dist::of(s.up)];
+        Ok::<_, String>((dists, rt_bytes, rt_records, ping, results))
     }
     .await;
     drop(fleet);
     tetherd.stop().await;
     out
+}
+
+/// CPU time, in microseconds, of the encoding work one round trip takes on both sides:
+/// the poll the gateway sends (one pending id), the response carrying one command, the
+/// early flush with its result and the flush's response; each encoded and decoded.
+fn codec_cost(encoding: Encoding, stored: &[CommandResult], rounds: u32) -> f64 {
+    use tether::cloud::wire::{PollResponse, ResultsRequest, ResultsResponse};
+    let result = stored.first().cloned().unwrap_or(CommandResult {
+        command_id: "c1".into(),
+        status: tether::cloud::wire::Status::Ok,
+        payload: Some(json!({"echo": {"n": 1}})),
+        error: None,
+        items: None,
+        duration_ms: 1,
+    });
+    let poll = PollRequest {
+        pending: vec![result.command_id.clone()],
+        capacity: 1023,
+        ..PollRequest::default()
+    };
+    let response = PollResponse {
+        commands: vec![json!({"id": result.command_id, "target": "a0", "payload": {"n": 1}})],
+        acked: Vec::new(),
+        poll: None,
+    };
+    let flush = ResultsRequest {
+        results: vec![result.clone()],
+        events: Vec::new(),
+    };
+    let flushed = ResultsResponse {
+        acked: vec![result.command_id.clone()],
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        let a: Result<PollRequest, _> = encoding.decode(&encoding.encode(&poll));
+        let b: Result<PollResponse, _> = encoding.decode(&encoding.encode(&response));
+        let c: Result<ResultsRequest, _> = encoding.decode(&encoding.encode(&flush));
+        let d: Result<ResultsResponse, _> = encoding.decode(&encoding.encode(&flushed));
+        let _ = std::hint::black_box((a, b, c, d));
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
 }
 
 /// A poll as a busy gateway sends it: 10 results of real round trips, 10 events of the
