@@ -292,3 +292,24 @@ async fn a_ble_appliance_receives_raw_bytes() {
     assert_eq!(r["status"], "error", "{r}");
     assert!(r["error"].as_str().unwrap().contains("raw bytes"), "{r}");
 }
+
+/// Plain polling (`interval_s`), the cadence for metered or battery links, works in
+/// protobuf as in JSON: the cadence rides in every response and commands still arrive.
+#[tokio::test]
+async fn plain_polling_works_in_protobuf() {
+    let dir = TempDir::new("pb-interval");
+    let cloud = DevCloud::start(dir.path(), &["--wait-s", "0", "--interval-s", "1"]);
+    let cfg = protobuf_config(dir.path(), &cloud, &["lamp"], "");
+    let daemon = Tetherd::start(&cfg);
+    let _lamp = Appliance::connect(daemon.mqtt, "lamp", Behaviour::Echo).await;
+    for n in 0..2 {
+        let id = cloud
+            .enqueue(json!({"target": "lamp", "payload": {"n": n}}))
+            .await;
+        let r = cloud.result(&id).await;
+        assert_eq!(r["result"]["payload"]["echo"], json!({"n": n}), "{r}");
+    }
+    let stats = cloud.stats().await;
+    assert_eq!(stats["requests_json"], 0, "{stats}");
+    assert_eq!(stats["connections"], 1, "{stats}");
+}
