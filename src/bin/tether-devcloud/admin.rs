@@ -1,7 +1,10 @@
 //! The admin API (plain HTTP/1.1, meant for loopback): how tests, the demo and the
 //! benchmarks drive the devcloud. Enqueue commands, read results (optionally waiting for
-//! one), events, queue contents (with what the last poll listed as `waiting`) and server
-//! counters.
+//! one), events, queue contents (with what the last poll listed as `waiting`, and the
+//! encoding of the gateway's requests: `encoding`, `requests_by_encoding`) and server
+//! counters. An enqueued command may carry `payload_base64` (standard base64) instead of
+//! `payload`: raw bytes for a gateway that polls in protobuf, the base64 text as `payload`
+//! for one that polls in JSON.
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! demo and the benchmarks.
 //!
 //! It serves protocol v1 (`/v1/gateways/{gw}/poll` and `/results`) over HTTPS on one
-//! listener, and a plain-HTTP admin API on another (meant for loopback) through which
+//! listener, in JSON or Protocol Buffers as each request's `Content-Type` says, and a plain-HTTP admin API on another (meant for loopback) through which
 //! tests enqueue commands and inspect results, events and counters.
 //!
 //! This file owns the command line, start-up (certificates, state, binding), the `READY`
