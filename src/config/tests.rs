@@ -460,3 +460,20 @@ fn offline_policy_parses_and_a_bad_one_is_named_with_its_line() {
         "{p:#?}"
     );
 }
+
+#[test]
+fn cloud_encoding_parses_and_a_bad_one_is_named_with_its_line() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.cloud.encoding, super::WireEncoding::Json);
+    let c = Config::parse(&MINIMAL.replace(
+        "url = \"https://cloud.example.com\"\n",
+        "url = \"https://cloud.example.com\"\nencoding = \"protobuf\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.cloud.encoding, super::WireEncoding::Protobuf);
+    let p = problems(&MINIMAL.replace(
+        "url = \"https://cloud.example.com\"\n",
+        "url = \"https://cloud.example.com\"\nencoding = \"xml\"\n",
+    ));
+    assert!(has(&p, "cloud.encoding", Some(7)), "{p:#?}");
+}
