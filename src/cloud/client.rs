@@ -79,38 +79,38 @@ struct Inner {
     request_timeout: Duration,
     max_response_bytes: usize,
     encoding: Encoding,
-    /// The cloud answered 415 to protobuf: JSON from then on, for this client's life.
+    /// Shared by the clients rebuilt from this one (another PING interval), so both
+    /// outlive a rebuild: the cloud refused protobuf, so JSON from then on ...
     json_fallback: Arc<AtomicBool>,
+    /// ... and the cloud answered a protobuf request with success at least once.
+    protobuf_proven: Arc<AtomicBool>,
     /// What the client was built from, to build it again with another PING interval.
     cfg: CloudConfig,
+    credentials: tls::Credentials,
+    ping_interval: Duration,
     gateway_id: String,
 }
 
 impl Uplink {
     /// Builds the HTTP client (TLS settings, identity, token) for gateway `gateway_id`.
     pub fn new(cfg: &CloudConfig, gateway_id: &str) -> Result<Uplink, tls::SetupError> {
-        Uplink::build(cfg, gateway_id, Arc::default())
-    }
-
-    fn build(
-        cfg: &CloudConfig,
-        gateway_id: &str,
-        json_fallback: Arc<AtomicBool>,
-    ) -> Result<Uplink, tls::SetupError> {
-        let client = tls::build_client(cfg)?;
-        let authorization = tls::load_token(cfg)?;
+        let credentials = tls::Credentials::load(cfg)?;
+        let client = tls::build_client(cfg, cfg.ping_interval, &credentials)?;
         let base = cfg.url.trim_end_matches('/');
         Ok(Uplink {
             inner: Arc::new(Inner {
                 client,
                 poll_url: format!("{base}/v1/gateways/{gateway_id}/poll"),
                 results_url: format!("{base}/v1/gateways/{gateway_id}/results"),
-                authorization,
+                authorization: credentials.authorization.clone(),
                 request_timeout: cfg.request_timeout,
                 max_response_bytes: cfg.max_response_bytes,
                 encoding: cfg.encoding,
-                json_fallback,
+                json_fallback: Arc::default(),
+                protobuf_proven: Arc::default(),
                 cfg: cfg.clone(),
+                credentials,
+                ping_interval: cfg.ping_interval,
                 gateway_id: gateway_id.to_owned(),
             }),
         })
@@ -118,20 +118,34 @@ impl Uplink {
 
     /// The HTTP/2 PING interval this client's connections use.
     pub fn ping_interval(&self) -> Duration {
-        self.inner.cfg.ping_interval
+        self.inner.ping_interval
     }
 
-    /// The same client with another PING interval (the cloud's `ping_s`). hyper fixes the
-    /// interval when a connection opens, so the new client opens a connection of its own;
-    /// the old one closes once its last request is done. A JSON fallback carries over.
+    /// The same client with another PING interval (the cloud's `ping_s`), built from the
+    /// credentials read at first: no file is read again (a changed token waits for a
+    /// reload, as before). hyper fixes the interval when a connection opens, so the new
+    /// client opens a connection of its own; the old one closes once its last request is
+    /// done. What was learnt of the cloud's encodings carries over.
     pub fn with_ping_interval(&self, interval: Duration) -> Result<Uplink, tls::SetupError> {
-        let mut cfg = self.inner.cfg.clone();
-        cfg.ping_interval = interval;
-        Uplink::build(
-            &cfg,
-            &self.inner.gateway_id,
-            self.inner.json_fallback.clone(),
-        )
+        let old = &self.inner;
+        let client = tls::build_client(&old.cfg, interval, &old.credentials)?;
+        Ok(Uplink {
+            inner: Arc::new(Inner {
+                client,
+                poll_url: old.poll_url.clone(),
+                results_url: old.results_url.clone(),
+                authorization: old.authorization.clone(),
+                request_timeout: old.request_timeout,
+                max_response_bytes: old.max_response_bytes,
+                encoding: old.encoding,
+                json_fallback: old.json_fallback.clone(),
+                protobuf_proven: old.protobuf_proven.clone(),
+                cfg: old.cfg.clone(),
+                credentials: old.credentials.clone(),
+                ping_interval: interval,
+                gateway_id: old.gateway_id.clone(),
+            }),
+        })
     }
 
     /// The encoding requests go out in now.
@@ -175,21 +189,30 @@ impl Uplink {
         wait: Duration,
     ) -> Result<R, RequestError> {
         let encoding = self.encoding();
-        match self.exchange_as(encoding, endpoint, &body, wait).await {
+        let out = self.exchange_as(encoding, endpoint, &body, wait).await;
+        if encoding != Encoding::Protobuf {
+            return out;
+        }
+        let proven = &self.inner.protobuf_proven;
+        match out {
+            Ok(r) => {
+                proven.store(true, Ordering::Relaxed);
+                Ok(r)
+            }
             Err(RequestError::Status { status, .. })
-                if status == StatusCode::UNSUPPORTED_MEDIA_TYPE
-                    && encoding == Encoding::Protobuf =>
+                if refuses_protobuf(status, proven.load(Ordering::Relaxed)) =>
             {
                 // Once per client: every later request is JSON without asking again.
                 if !self.inner.json_fallback.swap(true, Ordering::Relaxed) {
                     log::warn!(
-                        "the cloud does not take protobuf (HTTP 415); speaking JSON to it until the next restart or reload"
+                        "the cloud does not take protobuf (HTTP {}); speaking JSON to it until the next restart or reload",
+                        status.as_u16()
                     );
                 }
                 self.exchange_as(Encoding::Json, endpoint, &body, wait)
                     .await
             }
-            out => out,
+            Err(e) => Err(e),
         }
     }
 
@@ -265,6 +288,19 @@ impl Uplink {
     }
 }
 
+/// Whether an error status to a protobuf request means the cloud does not take protobuf.
+/// 415 always does. Until the cloud has once answered protobuf with success, so do the
+/// statuses a JSON-only server gives a body it cannot parse (400, 422) or an Accept it
+/// cannot meet (406): read as content refusals, they would have results quarantined and
+/// events dropped over an encoding mismatch.
+fn refuses_protobuf(status: StatusCode, proven: bool) -> bool {
+    match status.as_u16() {
+        415 => true,
+        400 | 406 | 422 => !proven,
+        _ => false,
+    }
+}
+
 /// `Retry-After`: delta-seconds or an HTTP-date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -307,6 +343,22 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn statuses_that_refuse_protobuf() {
+        let s = |code| StatusCode::from_u16(code).unwrap();
+        for proven in [false, true] {
+            assert!(refuses_protobuf(s(415), proven));
+            assert!(!refuses_protobuf(s(413), proven));
+            assert!(!refuses_protobuf(s(503), proven));
+            assert!(!refuses_protobuf(s(401), proven));
+        }
+        for code in [400, 406, 422] {
+            assert!(refuses_protobuf(s(code), false), "{code}");
+            // Once protobuf worked, these are about the content, as in JSON.
+            assert!(!refuses_protobuf(s(code), true), "{code}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! narrows trust to a private CA; without it the system roots are used.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 use reqwest::{Certificate, Identity, redirect};
@@ -58,7 +59,63 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
+/// What the client trusts and presents, read once from the files `[cloud]` names, so the
+/// client can be built again (for another PING interval) without touching the disk.
+#[derive(Clone)]
+pub struct Credentials {
+    roots: Option<Vec<Certificate>>,
+    identity: Option<Identity>,
+    /// The `Authorization` header value, if the gateway has a token.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl Credentials {
+    pub fn load(cfg: &CloudConfig) -> Result<Credentials, SetupError> {
+        let roots = match &cfg.ca_file {
+            None => None,
+            Some(path) => {
+                let certs = Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
+                    SetupError::Invalid {
+                        path: path.clone(),
+                        what: format!("not a PEM certificate bundle: {e}"),
+                    }
+                })?;
+                if certs.is_empty() {
+                    return Err(SetupError::Invalid {
+                        path: path.clone(),
+                        what: "holds no certificate".into(),
+                    });
+                }
+                Some(certs)
+            }
+        };
+        let identity = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&read_secret(key)?);
+                Some(Identity::from_pem(&pem).map_err(|e| SetupError::Invalid {
+                    path: cert.clone(),
+                    what: format!("client certificate and key do not form an identity: {e}"),
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Credentials {
+            roots,
+            identity,
+            authorization: load_token(cfg)?,
+        })
+    }
+}
+
+/// The HTTP client for `cfg`, with HTTP/2 PINGs every `ping_interval` (the config's, or
+/// the cloud's `ping_s`).
+pub fn build_client(
+    cfg: &CloudConfig,
+    ping_interval: Duration,
+    credentials: &Credentials,
+) -> Result<reqwest::Client, SetupError> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .https_only(true)
@@ -66,39 +123,21 @@ pub fn build_client(cfg: &CloudConfig) -> Result<reqwest::Client, SetupError> {
         .redirect(redirect::Policy::none())
         .user_agent(concat!("tetherd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(cfg.connect_timeout)
-        .http2_keep_alive_interval(cfg.ping_interval)
+        .http2_keep_alive_interval(ping_interval)
         .http2_keep_alive_timeout(cfg.ping_timeout)
         .http2_keep_alive_while_idle(true)
         // TCP keepalive only for a link HTTP/2 PINGs leave quiet for longer than they
         // should: on a metered link with rare PINGs, probes every 75 s would cost more
         // than the PINGs the cloud chose (`ping_s`).
-        .tcp_keepalive(cfg.ping_interval + cfg.ping_timeout)
+        .tcp_keepalive(ping_interval + cfg.ping_timeout)
         // HTTP/2 multiplexes everything over one connection; a cloud that speaks only
         // HTTP/1.1 needs two (the held poll and an early flush), and both stay pooled.
         .pool_max_idle_per_host(2);
-    if let Some(path) = &cfg.ca_file {
-        let certs =
-            Certificate::from_pem_bundle(&read(path)?).map_err(|e| SetupError::Invalid {
-                path: path.clone(),
-                what: format!("not a PEM certificate bundle: {e}"),
-            })?;
-        if certs.is_empty() {
-            return Err(SetupError::Invalid {
-                path: path.clone(),
-                what: "holds no certificate".into(),
-            });
-        }
-        builder = builder.tls_certs_only(certs);
+    if let Some(certs) = &credentials.roots {
+        builder = builder.tls_certs_only(certs.clone());
     }
-    if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
-        let mut pem = read(cert)?;
-        pem.push(b'\n');
-        pem.extend_from_slice(&read_secret(key)?);
-        let identity = Identity::from_pem(&pem).map_err(|e| SetupError::Invalid {
-            path: cert.clone(),
-            what: format!("client certificate and key do not form an identity: {e}"),
-        })?;
-        builder = builder.identity(identity);
+    if let Some(identity) = &credentials.identity {
+        builder = builder.identity(identity.clone());
     }
     builder
         .build()
