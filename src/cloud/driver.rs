@@ -30,6 +30,9 @@ use crate::router::Router;
 // `app` names the client through the driver, which hands it requests.
 pub use super::client::Uplink;
 
+/// Least time between two client rebuilds for the cloud's `ping_s`.
+const PING_REBUILD_SPACING: Duration = Duration::from_secs(600);
+
 /// Longest poll wait while the gateway advertises no capacity.
 const FULL_POLL_WAIT: Duration = Duration::from_secs(1);
 
@@ -71,6 +74,8 @@ struct Turns {
     sizes: Sizes,
     logged_state: LinkState,
     draining: bool,
+    /// When the client was last rebuilt for the cloud's `ping_s`.
+    ping_rebuilt: Option<Instant>,
     #[cfg(feature = "fault-injection")]
     wedge: bool,
 }
@@ -85,6 +90,7 @@ impl Turns {
             sizes: Sizes::new(max_batch),
             logged_state: LinkState::Connecting,
             draining: false,
+            ping_rebuilt: None,
             #[cfg(feature = "fault-injection")]
             wedge: crate::fault::wedge_uplink(),
         }
@@ -213,7 +219,7 @@ impl Driver {
                 self.router.submit(resp.commands).await;
                 self.outbox.settle(batch, &resp.acked, true).await;
                 self.session.poll_done(now, Ok(resp.poll));
-                self.follow_ping_interval();
+                self.follow_ping_interval(turns, now);
                 turns.fault_after_poll(had_commands).await;
             }
             Err(e) => {
@@ -265,27 +271,45 @@ impl Driver {
     }
 
     fn reconfigure(&mut self, turns: &mut Turns, change: Reconfigure) {
-        if let Some(uplink) = change.uplink {
+        self.session.reconfigure(change.session);
+        if let Some(mut uplink) = change.uplink {
+            // A fresh client has made no connection yet: giving it the interval the
+            // cloud asked for costs nothing, so it is not held to the spacing below.
+            let want = self.session.ping_interval();
+            if want != uplink.ping_interval() {
+                match uplink.with_ping_interval(want) {
+                    Ok(steered) => uplink = steered,
+                    Err(e) => log::warn!("cannot apply the cloud's PING interval: {e}"),
+                }
+            }
             // Requests in flight finish on the old client; new ones use the new.
             self.uplink = uplink;
             self.session.link_changed();
             log::info!("cloud settings reloaded; the next request uses them");
             self.session.retry_now(Instant::now());
         }
-        self.session.reconfigure(change.session);
         self.max_batch = change.max_batch;
         turns.sizes.set_max_results(self.max_batch);
-        self.follow_ping_interval();
     }
 
     /// Rebuilds the client when the PING interval it uses is not the one the session
     /// wants (the server's `ping_s`, or the config's). hyper fixes the interval when it
-    /// opens a connection, so this costs one new connection per change, none otherwise.
-    fn follow_ping_interval(&mut self) {
+    /// opens a connection, so a change costs one new connection (a TLS handshake); at
+    /// most one such rebuild per `PING_REBUILD_SPACING`, so a cloud whose answers
+    /// disagree (backends on two versions behind one balancer) cannot make the gateway
+    /// reconnect at every poll. A value held back is applied once the spacing has passed.
+    fn follow_ping_interval(&mut self, turns: &mut Turns, now: Instant) {
         let want = self.session.ping_interval();
         if want == self.uplink.ping_interval() {
             return;
         }
+        if turns
+            .ping_rebuilt
+            .is_some_and(|at| now.duration_since(at) < PING_REBUILD_SPACING)
+        {
+            return;
+        }
+        turns.ping_rebuilt = Some(now);
         match self.uplink.with_ping_interval(want) {
             Ok(uplink) => {
                 log::info!(
@@ -296,8 +320,6 @@ impl Driver {
                 self.uplink = uplink;
                 self.session.link_changed();
             }
-            // Only a file that changed under us (token, key) can fail here; the old
-            // client keeps working, and the next poll tries again.
             Err(e) => log::warn!("cannot apply the cloud's PING interval: {e}"),
         }
     }

@@ -283,10 +283,12 @@ impl Session {
             Ok(cadence) => {
                 if let Some(c) = cadence {
                     self.steered |= c.wait_s.is_some();
-                    // Like `interval_s`, an absent `ping_s` means the default: the config's.
-                    self.ping = c.ping_s.map(|s| {
-                        Duration::from_secs(s.clamp(*PING_S_RANGE.start(), *PING_S_RANGE.end()))
-                    });
+                    // Like `wait_s`, an absent `ping_s` keeps the value in force: answers
+                    // that leave it out must not flip the interval (and reconnect).
+                    if let Some(s) = c.ping_s {
+                        let s = s.clamp(*PING_S_RANGE.start(), *PING_S_RANGE.end());
+                        self.ping = Some(Duration::from_secs(s));
+                    }
                     self.cadence = Timing {
                         wait_s: c.wait_s.map_or(self.cadence.wait_s, |w| w.min(3600)),
                         interval_s: c.interval_s.unwrap_or(0).min(86_400),

@@ -69,9 +69,8 @@ pub struct PollResponse {
     pub poll: Option<Cadence>,
 }
 
-/// How the server wants to be polled. Any field may be left out: a missing `wait_s` keeps
-/// the wait in force, a missing `interval_s` means 0, a missing `ping_s` the config's
-/// `cloud.ping_interval`.
+/// How the server wants to be polled. Any field may be left out: a missing `wait_s` or
+/// `ping_s` keeps the value in force, a missing `interval_s` means 0.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds.

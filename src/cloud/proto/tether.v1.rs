@@ -30,9 +30,8 @@ pub struct PollResponse {
     #[prost(message, optional, tag = "3")]
     pub poll: ::core::option::Option<Cadence>,
 }
-/// How the server wants to be polled. An absent `wait_s` keeps the wait in force; an
-/// absent `interval_s` means 0 (long polling); an absent `ping_s`, the gateway's
-/// configured `cloud.ping_interval`.
+/// How the server wants to be polled. An absent `wait_s` or `ping_s` keeps the value in
+/// force (at first the gateway's config); an absent `interval_s` means 0 (long polling).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds (at most 3600).

@@ -410,19 +410,23 @@ async fn server_steers_the_ping_interval_within_bounds() {
     assert_eq!(s.ping_interval(), Duration::from_secs(10));
     steer(&mut s, Some(86_400));
     assert_eq!(s.ping_interval(), Duration::from_secs(3600));
-    // A cadence without ping_s: the config's interval, which a reload may change.
+    // A cadence without ping_s keeps the interval in force, so answers that disagree
+    // cannot flip it.
     steer(&mut s, None);
-    assert_eq!(s.ping_interval(), Duration::from_secs(20));
+    assert_eq!(s.ping_interval(), Duration::from_secs(3600));
+    // The server's value outlives a reload's cloud.ping_interval.
     s.reconfigure(SessionConfig {
         ping_interval: Duration::from_secs(45),
         ..cfg()
     });
-    assert_eq!(s.ping_interval(), Duration::from_secs(45));
+    assert_eq!(s.ping_interval(), Duration::from_secs(3600));
     steer(&mut s, Some(600));
-    s.reconfigure(cfg());
-    assert_eq!(
-        s.ping_interval(),
-        Duration::from_secs(600),
-        "the server's value outlives a reload"
-    );
+    assert_eq!(s.ping_interval(), Duration::from_secs(600));
+    // Until the server has set one, the config's interval applies, reloads included.
+    let mut fresh = session();
+    fresh.reconfigure(SessionConfig {
+        ping_interval: Duration::from_secs(45),
+        ..cfg()
+    });
+    assert_eq!(fresh.ping_interval(), Duration::from_secs(45));
 }
