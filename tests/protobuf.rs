@@ -213,23 +213,60 @@ async fn batch_narrowing_on_413_works_in_protobuf() {
 /// from then on, losing nothing.
 #[tokio::test]
 async fn a_json_only_cloud_gets_json_after_one_415() {
-    let dir = TempDir::new("pb-415");
-    let cloud = DevCloud::start(dir.path(), &["--json-only"]);
+    json_only_cloud("415").await;
+}
+
+/// Many JSON-only servers answer a body they cannot parse with 400. Before protobuf has
+/// worked once, that too means "no protobuf here", not "this result is bad": nothing is
+/// quarantined or dropped.
+#[tokio::test]
+async fn a_json_only_cloud_answering_400_gets_json_and_loses_nothing() {
+    json_only_cloud("400").await;
+}
+
+async fn json_only_cloud(status: &str) {
+    let dir = TempDir::new(&format!("pb-{status}"));
+    let cloud = DevCloud::start(dir.path(), &["--json-only", "--json-only-status", status]);
     let cfg = protobuf_config(dir.path(), &cloud, &["lamp"], "");
     let daemon = Tetherd::start(&cfg);
-    let _lamp = Appliance::connect(daemon.mqtt, "lamp", Behaviour::Echo).await;
+    let lamp = Appliance::connect(daemon.mqtt, "lamp", Behaviour::Echo).await;
+    // An event owed before the first request, so a refusal could be blamed on it.
+    lamp.client
+        .publish(
+            "tether/lamp/events",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"early":1}"#,
+        )
+        .await
+        .unwrap();
     for n in 0..3 {
         let id = cloud
             .enqueue(json!({"target": "lamp", "payload": {"n": n}}))
             .await;
         assert_eq!(cloud.result(&id).await["result"]["status"], "ok");
     }
+    eventually("the early event", || async {
+        cloud
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e["payload"] == json!({"early": 1}))
+    })
+    .await;
     let stats = cloud.stats().await;
     assert_eq!(stats["unsupported_media"], 1, "asked once: {stats}");
     assert_eq!(stats["requests_protobuf"], 0, "{stats}");
     assert!(stats["requests_json"].as_u64().unwrap() >= 3, "{stats}");
     assert_eq!(stats["connections"], 1, "{stats}");
-    assert_eq!(daemon.log.count("does not take protobuf"), 1);
+    assert_eq!(
+        daemon
+            .log
+            .count(&format!("does not take protobuf (HTTP {status})")),
+        1
+    );
+    assert_eq!(daemon.log.count("quarantined"), 0);
+    assert_eq!(daemon.log.count("refuses an event"), 0);
     assert_eq!(cloud.commands().await["encoding"], "json");
 }
 

@@ -109,15 +109,15 @@ fn request_encoding(app: &App, headers: &HeaderMap) -> Result<Encoding, Reject> 
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(Encoding::from_media_type);
-    match named {
-        Some(Encoding::Protobuf) if app.json_only => {
+    match (named, app.json_only) {
+        (Some(Encoding::Protobuf), Some(status)) => {
             bump(&app.stats.unsupported_media);
             Err(Reject::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                status,
                 "this cloud speaks application/json only",
             ))
         }
-        Some(Encoding::Protobuf) => {
+        (Some(Encoding::Protobuf), None) => {
             bump(&app.stats.requests_protobuf);
             Ok(Encoding::Protobuf)
         }

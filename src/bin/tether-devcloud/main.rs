@@ -71,6 +71,11 @@ struct Cli {
     #[arg(long)]
     json_only: bool,
 
+    /// With --json-only: the status protobuf requests get instead of 415 (many JSON-only
+    /// servers answer a body they cannot parse with 400).
+    #[arg(long, value_name = "CODE", default_value_t = 415)]
+    json_only_status: u16,
+
     /// Upper bound on how long a poll is held, whatever its `Prefer: wait`.
     #[arg(long, value_name = "N", default_value_t = 60)]
     max_wait_s: u64,
@@ -97,7 +102,8 @@ pub struct App {
     pub wait_s: u64,
     pub interval_s: u64,
     pub ping_s: Option<u64>,
-    pub json_only: bool,
+    /// `--json-only`: the status a protobuf request gets.
+    pub json_only: Option<hyper::StatusCode>,
     pub max_wait_s: u64,
     pub max_body_bytes: usize,
 }
@@ -150,7 +156,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         wait_s: cli.wait_s,
         interval_s: cli.interval_s,
         ping_s: cli.ping_s,
-        json_only: cli.json_only,
+        json_only: match cli.json_only {
+            false => None,
+            true => Some(
+                hyper::StatusCode::from_u16(cli.json_only_status)
+                    .map_err(|e| format!("--json-only-status: {e}"))?,
+            ),
+        },
         max_wait_s: cli.max_wait_s,
         max_body_bytes: cli.max_body_bytes,
     });

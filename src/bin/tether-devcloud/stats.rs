@@ -125,6 +125,17 @@ fn tls_record(counter: &AtomicU64) -> impl FnMut(&[u8]) -> usize + '_ {
     }
 }
 
+/// An HTTP/2 frame header: 24-bit length, type, flags, stream. Counts the PINGs that are
+/// not ACKs (type 0x6, flag 0x1 unset).
+fn h2_frame(pings: &AtomicU64) -> impl FnMut(&[u8]) -> usize + '_ {
+    move |h| {
+        if h[3] == 0x6 && h[4] & 0x1 == 0 {
+            pings.fetch_add(1, Ordering::Relaxed);
+        }
+        (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2])
+    }
+}
+
 /// An `AsyncRead + AsyncWrite` that adds the bytes it moves to `bytes_in`/`bytes_out`, and
 /// the TLS records they hold to `records_in`/`records_out`.
 pub struct Counted<S> {
@@ -163,7 +174,8 @@ impl<S> Counted<S> {
 pub struct PingCounted<S> {
     inner: S,
     stats: Arc<Stats>,
-    frames: Frames,
+    /// `None` on an HTTP/1.1 connection: it has no frames to follow.
+    frames: Option<Frames>,
 }
 
 impl<S> PingCounted<S> {
@@ -172,12 +184,11 @@ impl<S> PingCounted<S> {
         PingCounted {
             inner,
             stats,
-            // The client's connection preface comes before the first frame; an HTTP/1.1
-            // connection has no frames, so its bytes are never read as headers.
-            frames: Frames {
-                skip: if h2 { 24 } else { usize::MAX },
+            // The client's connection preface comes before the first frame.
+            frames: h2.then(|| Frames {
+                skip: 24,
                 ..Frames::default()
-            },
+            }),
         }
     }
 }
@@ -191,14 +202,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for PingCounted<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let this = &mut *self;
-        let stats = &this.stats;
-        this.frames.feed(&buf.filled()[before..], 9, |h| {
-            // Type 0x6 is PING; flag 0x1 marks an ACK (of the server's own PING).
-            if h[3] == 0x6 && h[4] & 0x1 == 0 {
-                stats.pings_received.fetch_add(1, Ordering::Relaxed);
-            }
-            (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2])
-        });
+        if let Some(frames) = &mut this.frames {
+            frames.feed(
+                &buf.filled()[before..],
+                9,
+                h2_frame(&this.stats.pings_received),
+            );
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -283,5 +293,68 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut f = vec![
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            0,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn frames_are_followed_across_any_split() {
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        stream.extend(frame(0x4, 0, &[0; 6])); // SETTINGS
+        stream.extend(frame(0x6, 0, &[1; 8])); // PING
+        stream.extend(frame(0x0, 0, &[0x06; 40])); // DATA that looks like a PING inside
+        stream.extend(frame(0x6, 0x1, &[2; 8])); // PING ACK
+        stream.extend(frame(0x6, 0, &[3; 8])); // PING
+        stream.extend(frame(0x4, 0x1, &[])); // SETTINGS ACK, empty
+        for chunk in [1, 2, 5, 9, 17, stream.len()] {
+            let pings = AtomicU64::new(0);
+            let mut frames = Frames {
+                skip: 24,
+                ..Frames::default()
+            };
+            for part in stream.chunks(chunk) {
+                frames.feed(part, 9, h2_frame(&pings));
+            }
+            assert_eq!(pings.load(Ordering::Relaxed), 2, "chunks of {chunk}");
+            assert_eq!((frames.have, frames.skip), (0, 0), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn tls_records_are_counted_from_their_headers() {
+        let record = |n: usize| {
+            let mut r = vec![23, 3, 3, (n >> 8) as u8, n as u8];
+            r.extend(std::iter::repeat_n(0x17, n));
+            r
+        };
+        let stream: Vec<u8> = [record(0), record(300), record(5)].concat();
+        for chunk in [1, 4, 5, 6, stream.len()] {
+            let count = AtomicU64::new(0);
+            let mut frames = Frames::default();
+            for part in stream.chunks(chunk) {
+                frames.feed(part, 5, tls_record(&count));
+            }
+            assert_eq!(count.load(Ordering::Relaxed), 3, "chunks of {chunk}");
+        }
     }
 }

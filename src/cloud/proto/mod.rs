@@ -33,9 +33,10 @@ pub mod v1 {
 }
 
 /// Deepest JSON payload a protobuf command may carry: what fits in a JSON poll response
-/// under serde_json's 128 levels (response, list, command), so the command's journalled
-/// JSON can always be read back, in either encoding.
-pub const MAX_COMMAND_PAYLOAD_DEPTH: usize = 125;
+/// (response object, `commands` list, command object) under serde_json's limit (127
+/// levels parse), so both encodings accept the same commands and a journalled command
+/// (one level around its payload) always reads back.
+pub const MAX_COMMAND_PAYLOAD_DEPTH: usize = 124;
 
 /// Where a protobuf command's raw bytes ride in its JSON form (base64).
 pub const RAW_KEY: &str = "$payload_raw";
@@ -333,16 +334,17 @@ fn command_from_proto(c: v1::Command) -> Value {
     }
     match c.payload {
         Some(Payload::PayloadJson(text)) => match parse_json_text("payload_json", &text) {
-            Ok(v) if nesting_depth(&v) > MAX_COMMAND_PAYLOAD_DEPTH => {
-                let why = format!(
-                    "payload_json nests {} levels; at most {MAX_COMMAND_PAYLOAD_DEPTH}",
-                    nesting_depth(&v)
-                );
-                m.insert(INVALID_KEY.into(), Value::String(why));
-            }
-            Ok(v) => {
-                m.insert("payload".into(), v);
-            }
+            Ok(v) => match nesting_depth(&v) {
+                depth if depth > MAX_COMMAND_PAYLOAD_DEPTH => {
+                    let why = format!(
+                        "payload_json nests {depth} levels; at most {MAX_COMMAND_PAYLOAD_DEPTH}"
+                    );
+                    m.insert(INVALID_KEY.into(), Value::String(why));
+                }
+                _ => {
+                    m.insert("payload".into(), v);
+                }
+            },
             Err(why) => {
                 m.insert(INVALID_KEY.into(), Value::String(why));
             }
@@ -371,12 +373,12 @@ pub fn command_to_proto(v: &Value) -> v1::Command {
     let str_of = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let target = match v.get("target") {
         Some(Value::String(t)) => Some(Target::TargetOne(t.clone())),
-        Some(Value::Array(ids)) => Some(Target::TargetMany(v1::TargetList {
-            ids: ids
-                .iter()
-                .filter_map(|i| i.as_str().map(str::to_owned))
-                .collect(),
-        })),
+        // A list with anything but strings in it is as wrong as the JSON would be.
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|ids| Target::TargetMany(v1::TargetList { ids })),
         _ => None,
     };
     let raw = str_of(RAW_KEY)

@@ -173,7 +173,7 @@ fn too_deep_payloads_are_refused_per_command() {
     let body = serde_json::to_string(&ok).unwrap();
     assert!(serde_json::from_str::<Command>(&body).is_ok());
     let refused = decode(deep(MAX_COMMAND_PAYLOAD_DEPTH + 1));
-    assert!(refused.invalid.unwrap().contains("nests 126 levels"));
+    assert!(refused.invalid.unwrap().contains("nests 125 levels"));
 }
 
 #[test]
@@ -246,4 +246,7 @@ fn json_clouds_send_raw_bytes_as_base64() {
     );
     let c = command_to_proto(&json!({"id": "c1", "target": "a", "payload": null}));
     assert_eq!(c.payload, None);
+    // A list holding a non-string is left out whole, so the gateway rejects the command.
+    let c = command_to_proto(&json!({"id": "c1", "target": ["a", 1]}));
+    assert_eq!(c.target, None);
 }
