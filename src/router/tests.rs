@@ -141,3 +141,47 @@ async fn a_malformed_command_left_by_a_crash_is_rejected_not_interrupted() {
     assert_eq!(status("m2"), Some(Status::Interrupted), "{owed:?}");
     rig.stop().await;
 }
+
+/// A protobuf command's raw bytes and decoding fault live in its journalled JSON
+/// (`cloud::proto`), so they survive a crash: the raw payload is still raw after a restart
+/// (an MQTT appliance refuses it unsent, rather than getting `null`), a fault is still a
+/// rejection.
+#[tokio::test]
+async fn raw_payloads_and_decode_faults_survive_a_restart() {
+    let rig = Rig::start(
+        "",
+        "[[appliance]]\nid = \"a0\"\ntransport = \"mqtt\"\npassword = \"p0\"\n",
+    )
+    .await;
+    let (router, outbox) = (&rig.router, &rig.outbox);
+    let left = |id: &str, extra: &str| crate::journal::Interrupted {
+        id: id.into(),
+        body: format!(r#"{{"id":"{id}","target":"a0"{extra}}}"#),
+        idempotent: false,
+        received_at_ms: crate::journal::now_ms(),
+        sent: Vec::new(),
+    };
+    router
+        .recover(vec![
+            left("raw", r#","$payload_raw":"AAH/""#),
+            left("bad", r#","$invalid":"payload_json is not JSON text""#),
+            left("b64", r#","$payload_raw":"not base64!""#),
+        ])
+        .await;
+    router.idle().await;
+    let owed = outbox.take(10, 0).await.results;
+    let get = |id: &str| {
+        let r = owed.iter().find(|r| r.command_id == id).unwrap();
+        (r.status, r.error.clone().unwrap_or_default())
+    };
+    let (status, error) = get("raw");
+    assert_eq!(status, Status::Error, "{owed:?}");
+    assert!(error.contains("raw bytes"), "{error}");
+    let (status, error) = get("bad");
+    assert_eq!(status, Status::Rejected);
+    assert!(error.contains("payload_json is not JSON text"), "{error}");
+    let (status, error) = get("b64");
+    assert_eq!(status, Status::Rejected);
+    assert!(error.contains("not base64"), "{error}");
+    rig.stop().await;
+}
