@@ -161,14 +161,14 @@ impl Router {
     /// result's `duration_ms`.
     async fn begin(
         &self,
-        cmd: Command,
+        mut cmd: Command,
         now: Instant,
         waited: Duration,
         deadline: Option<Instant>,
         sent: &[String],
     ) {
         let routing = self.shared.routing();
-        let payload = match command_payload(&cmd) {
+        let payload = match command_payload(&mut cmd) {
             Ok(p) => p,
             Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
         };
@@ -304,14 +304,15 @@ impl Router {
     }
 }
 
-/// What the command carries to its appliances; the error is the `rejected` reason. Only
-/// the protobuf decoder sets `payload_raw` or `invalid` (`cloud::proto`).
-fn command_payload(cmd: &Command) -> Result<Payload, String> {
+/// What the command carries to its appliances, taken out of it; the error is the
+/// `rejected` reason. Only the protobuf decoder sets `payload_raw` or `invalid`
+/// (`cloud::proto`).
+fn command_payload(cmd: &mut Command) -> Result<Payload, String> {
     if let Some(why) = &cmd.invalid {
         return Err(format!("malformed command: {why}"));
     }
     match &cmd.payload_raw {
         Some(b64) => proto::raw_payload(b64).map(Payload::Raw),
-        None => Ok(Payload::Json(cmd.payload.clone())),
+        None => Ok(Payload::Json(std::mem::take(&mut cmd.payload))),
     }
 }
