@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 
 use super::proto::{Body, Encoding};
 use super::session::Failure;
@@ -71,47 +71,38 @@ pub struct Uplink {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     client: reqwest::Client,
     poll_url: String,
     results_url: String,
-    authorization: Option<HeaderValue>,
-    request_timeout: Duration,
-    max_response_bytes: usize,
-    encoding: Encoding,
-    /// Shared by the clients rebuilt from this one (another PING interval), so both
-    /// outlive a rebuild: the cloud refused protobuf, so JSON from then on ...
-    json_fallback: Arc<AtomicBool>,
-    /// ... and the cloud answered a protobuf request with success at least once.
-    protobuf_proven: Arc<AtomicBool>,
-    /// What the client was built from, to build it again with another PING interval.
+    /// What the client was built from, read once: a rebuild for another PING interval
+    /// touches no file (a changed token still waits for a reload).
     cfg: CloudConfig,
     credentials: tls::Credentials,
     ping_interval: Duration,
-    gateway_id: String,
+    /// Shared by the clients rebuilt from this one, so both outlive a rebuild: the cloud
+    /// refused protobuf, so JSON from then on ...
+    json_fallback: Arc<AtomicBool>,
+    /// ... and the cloud answered a protobuf request with success at least once.
+    protobuf_proven: Arc<AtomicBool>,
 }
 
 impl Uplink {
     /// Builds the HTTP client (TLS settings, identity, token) for gateway `gateway_id`.
     pub fn new(cfg: &CloudConfig, gateway_id: &str) -> Result<Uplink, tls::SetupError> {
         let credentials = tls::Credentials::load(cfg)?;
-        let client = tls::build_client(cfg, cfg.ping_interval, &credentials)?;
         let base = cfg.url.trim_end_matches('/');
         Ok(Uplink {
             inner: Arc::new(Inner {
-                client,
+                client: tls::build_client(cfg, cfg.ping_interval, &credentials)?,
                 poll_url: format!("{base}/v1/gateways/{gateway_id}/poll"),
                 results_url: format!("{base}/v1/gateways/{gateway_id}/results"),
-                authorization: credentials.authorization.clone(),
-                request_timeout: cfg.request_timeout,
-                max_response_bytes: cfg.max_response_bytes,
-                encoding: cfg.encoding,
-                json_fallback: Arc::default(),
-                protobuf_proven: Arc::default(),
                 cfg: cfg.clone(),
                 credentials,
                 ping_interval: cfg.ping_interval,
-                gateway_id: gateway_id.to_owned(),
+                json_fallback: Arc::default(),
+                protobuf_proven: Arc::default(),
             }),
         })
     }
@@ -121,29 +112,17 @@ impl Uplink {
         self.inner.ping_interval
     }
 
-    /// The same client with another PING interval (the cloud's `ping_s`), built from the
-    /// credentials read at first: no file is read again (a changed token waits for a
-    /// reload, as before). hyper fixes the interval when a connection opens, so the new
-    /// client opens a connection of its own; the old one closes once its last request is
-    /// done. What was learnt of the cloud's encodings carries over.
+    /// The same client with another PING interval (the cloud's `ping_s`). hyper fixes the
+    /// interval when a connection opens, so the new client opens a connection of its own;
+    /// the old one closes once its last request is done. What was learnt of the cloud's
+    /// encodings carries over.
     pub fn with_ping_interval(&self, interval: Duration) -> Result<Uplink, tls::SetupError> {
-        let old = &self.inner;
-        let client = tls::build_client(&old.cfg, interval, &old.credentials)?;
+        let old = &*self.inner;
         Ok(Uplink {
             inner: Arc::new(Inner {
-                client,
-                poll_url: old.poll_url.clone(),
-                results_url: old.results_url.clone(),
-                authorization: old.authorization.clone(),
-                request_timeout: old.request_timeout,
-                max_response_bytes: old.max_response_bytes,
-                encoding: old.encoding,
-                json_fallback: old.json_fallback.clone(),
-                protobuf_proven: old.protobuf_proven.clone(),
-                cfg: old.cfg.clone(),
-                credentials: old.credentials.clone(),
+                client: tls::build_client(&old.cfg, interval, &old.credentials)?,
                 ping_interval: interval,
-                gateway_id: old.gateway_id.clone(),
+                ..old.clone()
             }),
         })
     }
@@ -153,7 +132,7 @@ impl Uplink {
         if self.inner.json_fallback.load(Ordering::Relaxed) {
             Encoding::Json
         } else {
-            self.inner.encoding
+            self.inner.cfg.encoding
         }
     }
 
@@ -166,7 +145,7 @@ impl Uplink {
         body: B,
         wait: Duration,
     ) -> Result<R, RequestError> {
-        let limit = wait + self.inner.request_timeout;
+        let limit = wait + self.inner.cfg.request_timeout;
         log::debug!(
             "request {} (limit {limit:?})",
             match endpoint {
@@ -233,12 +212,12 @@ impl Uplink {
             .post(url)
             .header(CONTENT_TYPE, encoding.media_type())
             .header(ACCEPT, encoding.media_type())
-            .timeout(wait + inner.request_timeout)
+            .timeout(wait + inner.cfg.request_timeout)
             .body(encoding.encode(body));
         if endpoint == Endpoint::Poll {
             req = req.header("prefer", format!("wait={}", wait.as_secs()));
         }
-        if let Some(auth) = &inner.authorization {
+        if let Some(auth) = &inner.credentials.authorization {
             req = req.header(AUTHORIZATION, auth.clone());
         }
         let mut resp = req
@@ -254,7 +233,7 @@ impl Uplink {
             .and_then(|v| v.to_str().ok())
             .and_then(Encoding::from_media_type)
             .unwrap_or(encoding);
-        let max = inner.max_response_bytes;
+        let max = inner.cfg.max_response_bytes;
         if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(RequestError::TooLarge(max));
         }

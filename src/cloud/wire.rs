@@ -71,7 +71,7 @@ pub struct PollResponse {
 
 /// How the server wants to be polled. Any field may be left out: a missing `wait_s` or
 /// `ping_s` keeps the value in force, a missing `interval_s` means 0.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cadence {
     /// How long the server may hold the next poll, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]

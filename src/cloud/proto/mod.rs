@@ -237,10 +237,6 @@ fn status_from_proto(n: i32) -> Result<Status, String> {
     })
 }
 
-fn json_text(v: &Value) -> String {
-    v.to_string()
-}
-
 fn parse_json_text(field: &str, text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("{field} is not JSON text: {e}"))
 }
@@ -249,7 +245,7 @@ fn result_to_proto(r: &CommandResult) -> v1::Result {
     v1::Result {
         command_id: r.command_id.clone(),
         status: status_to_proto(r.status),
-        payload_json: r.payload.as_ref().map(json_text),
+        payload_json: r.payload.as_ref().map(Value::to_string),
         error: r.error.clone(),
         items: r
             .items
@@ -258,7 +254,7 @@ fn result_to_proto(r: &CommandResult) -> v1::Result {
             .map(|i| v1::Item {
                 target: i.target.clone(),
                 status: status_to_proto(i.status),
-                payload_json: i.payload.as_ref().map(json_text),
+                payload_json: i.payload.as_ref().map(Value::to_string),
                 error: i.error.clone(),
                 duration_ms: i.duration_ms,
             })
@@ -301,7 +297,7 @@ fn event_to_proto(e: &Event) -> v1::Event {
     v1::Event {
         appliance: e.appliance.clone(),
         kind: e.kind.clone(),
-        payload_json: (!e.payload.is_null()).then(|| json_text(&e.payload)),
+        payload_json: (!e.payload.is_null()).then(|| e.payload.to_string()),
     }
 }
 
