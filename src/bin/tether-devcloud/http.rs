@@ -12,6 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tether::cloud::proto::JSON;
 
 /// A complete response body that can keep the unread request body alive until the
 /// response has been sent.
@@ -122,11 +123,12 @@ impl hyper::body::Body for Body {
 /// A response with a JSON body.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
-        Ok(bytes) => with_body(status, bytes),
+        Ok(bytes) => with_body(status, JSON, bytes),
         Err(e) => {
             log::error!("cannot serialize a response: {e}");
             with_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                JSON,
                 br#"{"error":"cannot serialize response"}"#.to_vec(),
             )
         }
@@ -180,25 +182,21 @@ pub fn with_raw_body(status: StatusCode, body: Body) -> Response<Body> {
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
     response
 }
 
 /// A 200 response with an already encoded body of `media_type`.
 pub fn encoded(media_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(bytes)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
-    response
+    with_body(StatusCode::OK, media_type, bytes)
 }
 
-fn with_body(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+fn with_body(status: StatusCode, media_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(media_type));
     response
 }
 

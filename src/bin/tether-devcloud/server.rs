@@ -20,7 +20,7 @@ use crate::App;
 use crate::admin;
 use crate::api::{self, ConnInfo};
 use crate::http::Body;
-use crate::stats::{Counted, PingCounted, bump};
+use crate::stats::{Counted, bump};
 
 /// How long a client gets to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,7 +125,7 @@ async fn serve_tls_connection(
     });
     // Counting PINGs needs the HTTP/2 framing, so only a connection that negotiated h2.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let stream = PingCounted::new(tls, app_stats, h2);
+    let stream = Counted::pings(tls, app_stats, h2);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     loop {

@@ -136,110 +136,80 @@ fn h2_frame(pings: &AtomicU64) -> impl FnMut(&[u8]) -> usize + '_ {
     }
 }
 
-/// An `AsyncRead + AsyncWrite` that adds the bytes it moves to `bytes_in`/`bytes_out`, and
-/// the TLS records they hold to `records_in`/`records_out`.
+/// An `AsyncRead + AsyncWrite` that counts what passes, at one of two layers.
 pub struct Counted<S> {
     inner: S,
     stats: Arc<Stats>,
-    records_in: Frames,
-    records_out: Frames,
+    layer: Layer,
+}
+
+enum Layer {
+    /// Below TLS: the bytes each way (`bytes_in`/`bytes_out`) and the TLS records they
+    /// hold (`records_in`/`records_out`).
+    Tls {
+        records_in: Frames,
+        records_out: Frames,
+    },
+    /// Above TLS on an HTTP/2 connection: the PING frames the client sends
+    /// (`pings_received`), what an idle gateway pays for besides its polls. `None` on an
+    /// HTTP/1.1 connection, which has no frames to follow.
+    H2(Option<Frames>),
 }
 
 impl<S> Counted<S> {
+    /// Counts the bytes and TLS records of a TCP stream.
     pub fn new(inner: S, stats: Arc<Stats>) -> Self {
         Counted {
             inner,
             stats,
-            records_in: Frames::default(),
-            records_out: Frames::default(),
+            layer: Layer::Tls {
+                records_in: Frames::default(),
+                records_out: Frames::default(),
+            },
+        }
+    }
+
+    /// Counts the PINGs on the decrypted side of a connection; `h2`: it speaks HTTP/2
+    /// (else nothing is counted).
+    pub fn pings(inner: S, stats: Arc<Stats>, h2: bool) -> Self {
+        Counted {
+            inner,
+            stats,
+            // The client's connection preface comes before the first frame.
+            layer: Layer::H2(h2.then(|| Frames {
+                skip: 24,
+                ..Frames::default()
+            })),
+        }
+    }
+
+    fn read(&mut self, data: &[u8]) {
+        let stats = &self.stats;
+        match &mut self.layer {
+            Layer::Tls { records_in, .. } => {
+                stats
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                records_in.feed(data, 5, tls_record(&stats.records_in));
+            }
+            Layer::H2(Some(frames)) => frames.feed(data, 9, h2_frame(&stats.pings_received)),
+            Layer::H2(None) => {}
         }
     }
 
     fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        let Layer::Tls { records_out, .. } = &mut self.layer else {
+            return;
+        };
         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         for buf in bufs {
             let part = &buf[..n.min(buf.len())];
-            self.records_out
-                .feed(part, 5, tls_record(&self.stats.records_out));
+            records_out.feed(part, 5, tls_record(&self.stats.records_out));
             n -= part.len();
             if n == 0 {
                 break;
             }
         }
-    }
-}
-
-/// The decrypted side of an HTTP/2 connection, counting the PING frames the client sends
-/// (`pings_received`): what an idle gateway pays for besides its polls.
-pub struct PingCounted<S> {
-    inner: S,
-    stats: Arc<Stats>,
-    /// `None` on an HTTP/1.1 connection: it has no frames to follow.
-    frames: Option<Frames>,
-}
-
-impl<S> PingCounted<S> {
-    /// `h2`: the connection speaks HTTP/2 (else nothing is counted).
-    pub fn new(inner: S, stats: Arc<Stats>, h2: bool) -> Self {
-        PingCounted {
-            inner,
-            stats,
-            // The client's connection preface comes before the first frame.
-            frames: h2.then(|| Frames {
-                skip: 24,
-                ..Frames::default()
-            }),
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for PingCounted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let this = &mut *self;
-        if let Some(frames) = &mut this.frames {
-            frames.feed(
-                &buf.filled()[before..],
-                9,
-                h2_frame(&this.stats.pings_received),
-            );
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for PingCounted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -251,13 +221,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let this = &mut *self;
-        let data = &buf.filled()[before..];
-        this.stats
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        this.records_in
-            .feed(data, 5, tls_record(&this.stats.records_in));
+        self.read(&buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }
 }
