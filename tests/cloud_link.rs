@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -18,33 +17,7 @@ async fn a_result_finishing_during_a_held_poll_is_flushed_on_the_same_connection
     let cfg = config(dir.path(), &cloud, &["valve"], "");
     let daemon = Tetherd::start(&cfg);
     let mut valve = Appliance::connect(daemon.mqtt, "valve", Behaviour::Manual).await;
-    let polls = || async { cloud.stats().await["polls"].as_u64().unwrap() };
-    // The first poll is a short probe; the second is the one held.
-    eventually("a held poll", || async {
-        (polls().await >= 2).then_some(())
-    })
-    .await;
-    for round in 0..3 {
-        let polls_before = polls().await;
-        let id = cloud
-            .enqueue(json!({"target": "valve", "payload": {"round": round}, "timeout_ms": 60000}))
-            .await;
-        let (got, _) = valve.next_command().await;
-        assert_eq!(got, id);
-        // The held poll returned the command and the daemon polled again at once; wait
-        // until the devcloud holds that poll, so the result can only travel by early flush.
-        eventually("the next poll to be held", || async {
-            (polls().await > polls_before).then_some(())
-        })
-        .await;
-        let started = Instant::now();
-        valve.answer(&id, true, json!({"open": round})).await;
-        let stored = cloud.result(&id).await;
-        let took = started.elapsed();
-        assert_eq!(stored["result"]["status"], "ok");
-        // With a 30 s poll wait, anything near linger + RTT proves the early flush.
-        assert!(took < Duration::from_secs(5), "result took {took:?}");
-    }
+    flush_rounds_during_held_polls(&cloud, &mut valve, 3).await;
     let stats = cloud.stats().await;
     assert!(stats["results_posts"].as_u64().unwrap() >= 3, "{stats}");
     assert_eq!(stats["connections"], 1, "{stats}");

@@ -10,8 +10,6 @@ mod ble_rig;
 mod bluez;
 mod common;
 
-use std::collections::HashMap;
-
 use ble_rig::{BleRig, ble_appliance, hex};
 use common::*;
 use serde_json::json;
@@ -72,22 +70,8 @@ async fn two_hundred_commands_groups_and_events_in_protobuf_exactly_once() {
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["payload"]["echo"]["big"], big, "{r}");
     }
-    let results = cloud.results().await;
-    assert_eq!(results.len(), 200, "one stored result per command");
-    for (id, r) in &by_id(&results) {
-        assert_eq!(
-            r["deliveries"], 1,
-            "result {id} delivered more than once: {r}"
-        );
-    }
-    for (i, app) in apps.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while let Ok(c) = app.received.try_recv() {
-            got.push(c.1["n"].as_u64().unwrap());
-        }
-        let want: Vec<u64> = (0..200).filter(|n| n % 10 == i as u64).collect();
-        assert_eq!(got, want, "appliance {i}");
-    }
+    assert_each_stored_once(&cloud, 200).await;
+    assert_received_in_order(&mut apps, 200);
 
     // A group and a list: one result, with items.
     for target in [json!("group:pair"), json!(["dev-2", "dev-3"])] {
@@ -95,17 +79,7 @@ async fn two_hundred_commands_groups_and_events_in_protobuf_exactly_once() {
             .enqueue(json!({"target": target, "payload": {"x": 1}}))
             .await;
         let r = cloud.result(&id).await["result"].clone();
-        let items: HashMap<String, String> = r["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["target"].as_str().unwrap().into(),
-                    i["status"].as_str().unwrap().into(),
-                )
-            })
-            .collect();
+        let items = item_statuses(&r);
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(items.len(), 2, "{r}");
         assert!(items.values().all(|s| s == "ok"), "{r}");
@@ -140,41 +114,7 @@ async fn results_flush_early_in_protobuf_while_a_poll_is_held() {
     let cfg = protobuf_config(dir.path(), &cloud, &["valve"], "");
     let daemon = Tetherd::start(&cfg);
     let mut valve = Appliance::connect(daemon.mqtt, "valve", Behaviour::Manual).await;
-    let polls = || async { cloud.stats().await["polls"].as_u64().unwrap() };
-    eventually("a held poll", || async {
-        (polls().await >= 2).then_some(())
-    })
-    .await;
-    for round in 0..3 {
-        let polls_before = polls().await;
-        let id = cloud
-            .enqueue(json!({"target": "valve", "payload": {"round": round}, "timeout_ms": 60000}))
-            .await;
-        assert_eq!(valve.next_command().await.0, id);
-        eventually("the next poll to be held", || async {
-            (polls().await > polls_before).then_some(())
-        })
-        .await;
-        let posts_before = cloud.stats().await["results_posts"].as_u64().unwrap();
-        valve.answer(&id, true, json!({"open": round})).await;
-        let stored = cloud.result(&id).await;
-        assert_eq!(
-            stored["result"]["payload"],
-            json!({"open": round}),
-            "{stored}"
-        );
-        // Stored while the poll is still held: it came by early flush, not by a poll.
-        let stats = cloud.stats().await;
-        assert!(
-            stats["results_posts"].as_u64().unwrap() > posts_before,
-            "{stats}"
-        );
-        assert_eq!(
-            stats["polls"].as_u64().unwrap(),
-            polls_before + 1,
-            "{stats}"
-        );
-    }
+    flush_rounds_during_held_polls(&cloud, &mut valve, 3).await;
     only_protobuf_on_one_connection(&cloud).await;
 }
 

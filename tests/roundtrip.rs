@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use serde_json::json;
 
@@ -52,24 +50,9 @@ async fn two_hundred_commands_over_ten_appliances_answered_exactly_once() {
     for id in &cmd_ids {
         assert_eq!(cloud.result(id).await["result"]["status"], "ok");
     }
-    let results = cloud.results().await;
-    let stored = by_id(&results);
-    assert_eq!(results.len(), 200, "one stored result per command");
-    for (id, r) in &stored {
-        assert_eq!(
-            r["deliveries"], 1,
-            "result {id} delivered more than once: {r}"
-        );
-    }
+    assert_each_stored_once(&cloud, 200).await;
     // Each appliance received each of its commands exactly once, in order.
-    for (i, app) in apps.iter_mut().enumerate() {
-        let mut got = Vec::new();
-        while let Ok(c) = app.received.try_recv() {
-            got.push(c.1["n"].as_u64().unwrap());
-        }
-        let want: Vec<u64> = (0..200).filter(|n| n % 10 == i as u64).collect();
-        assert_eq!(got, want, "appliance {i}");
-    }
+    assert_received_in_order(&mut apps, 200);
 }
 
 #[tokio::test]
@@ -117,17 +100,7 @@ async fn group_with_one_offline_member_is_partial() {
         .await;
     let r = cloud.result(&id).await["result"].clone();
     assert_eq!(r["status"], "partial", "{r}");
-    let items: HashMap<String, String> = r["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["target"].as_str().unwrap().into(),
-                i["status"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let items = item_statuses(&r);
     assert_eq!(items["lamp-1"], "ok");
     assert_eq!(items["lamp-2"], "ok");
     // Unreachable at once, not after the 20 s timeout.

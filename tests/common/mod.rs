@@ -721,6 +721,98 @@ pub async fn try_connect(
     }
 }
 
+/// Every one of `total` commands has exactly one stored result, delivered once.
+pub async fn assert_each_stored_once(cloud: &DevCloud, total: usize) {
+    let results = cloud.results().await;
+    assert_eq!(results.len(), total, "one stored result per command");
+    for (id, r) in &by_id(&results) {
+        assert_eq!(
+            r["deliveries"], 1,
+            "result {id} delivered more than once: {r}"
+        );
+    }
+}
+
+/// Commands `{"n": 0..total}` went to `apps` in turn (`n % apps.len()`): each appliance
+/// received each of its commands exactly once, in order.
+pub fn assert_received_in_order(apps: &mut [Appliance], total: u64) {
+    let count = apps.len() as u64;
+    for (i, app) in apps.iter_mut().enumerate() {
+        let got: Vec<u64> = app
+            .drain()
+            .iter()
+            .map(|c| c.1["n"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (0..total).filter(|n| n % count == i as u64).collect();
+        assert_eq!(got, want, "appliance {i}");
+    }
+}
+
+/// `rounds` commands to a `Behaviour::Manual` appliance `valve`, each answered while the
+/// next poll is held: the result arrives at once (within 5 s of a 30 s wait), by an early
+/// flush (`results_posts` grows) and not by a poll (one poll more: the one that brought
+/// the command). The devcloud must run with `--wait-s 30`.
+pub async fn flush_rounds_during_held_polls(cloud: &DevCloud, valve: &mut Appliance, rounds: u64) {
+    let polls = || async { cloud.stats().await["polls"].as_u64().unwrap() };
+    // The first poll is a short probe; the second is the one held.
+    eventually("a held poll", || async {
+        (polls().await >= 2).then_some(())
+    })
+    .await;
+    for round in 0..rounds {
+        let polls_before = polls().await;
+        let id = cloud
+            .enqueue(json!({"target": "valve", "payload": {"round": round}, "timeout_ms": 60000}))
+            .await;
+        let (got, _) = valve.next_command().await;
+        assert_eq!(got, id);
+        // The held poll returned the command and the daemon polled again at once; wait
+        // until the devcloud holds that poll, so the result can only travel by early flush.
+        eventually("the next poll to be held", || async {
+            (polls().await > polls_before).then_some(())
+        })
+        .await;
+        let posts_before = cloud.stats().await["results_posts"].as_u64().unwrap();
+        let started = std::time::Instant::now();
+        valve.answer(&id, true, json!({"open": round})).await;
+        let stored = cloud.result(&id).await;
+        let took = started.elapsed();
+        assert_eq!(stored["result"]["status"], "ok", "{stored}");
+        assert_eq!(
+            stored["result"]["payload"],
+            json!({"open": round}),
+            "{stored}"
+        );
+        // With a 30 s poll wait, anything near linger + RTT proves the early flush.
+        assert!(took < Duration::from_secs(5), "result took {took:?}");
+        let stats = cloud.stats().await;
+        assert!(
+            stats["results_posts"].as_u64().unwrap() > posts_before,
+            "{stats}"
+        );
+        assert_eq!(
+            stats["polls"].as_u64().unwrap(),
+            polls_before + 1,
+            "{stats}"
+        );
+    }
+}
+
+/// A multi-target result's items: target -> status.
+pub fn item_statuses(result: &Value) -> HashMap<String, String> {
+    result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["target"].as_str().unwrap().into(),
+                i["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 /// Indexes the devcloud's stored results by command id.
 pub fn by_id(results: &[Value]) -> HashMap<String, Value> {
     results
