@@ -304,7 +304,7 @@ impl DevCloud {
         json_of(resp).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub async fn post(&self, path: &str, body: Value) -> Value {
         let resp = self
             .http
             .post(self.admin_url(path))

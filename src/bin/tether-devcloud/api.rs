@@ -12,6 +12,7 @@ use tether::cloud::wire::{Cadence, PollRequest, PollResponse, ResultsRequest, Re
 use tokio::time::Instant;
 
 use crate::App;
+use crate::breaks::{self, Break};
 use crate::http::{self, Body, Reject};
 use crate::state::Take;
 use crate::stats::bump;
@@ -79,6 +80,9 @@ fn authorized(app: &App, conn: ConnInfo, headers: &HeaderMap) -> bool {
     let Some(token) = &app.token else {
         return true;
     };
+    if breaks::on(Break::NoAuth) {
+        return true;
+    };
     if conn.client_cert {
         return true;
     }
@@ -134,17 +138,32 @@ async fn read_body<T: WireBody>(
     req: Request<Incoming>,
     encoding: Encoding,
 ) -> Result<T, http::Reject> {
-    let bytes = http::read_body(req, app.max_body_bytes).await?;
+    let bytes = match http::read_body(req, app.max_body_bytes).await {
+        Err(reject)
+            if reject.status == StatusCode::PAYLOAD_TOO_LARGE
+                && breaks::on(Break::ResetOversize) =>
+        {
+            return Err(reject.broken());
+        }
+        other => other?,
+    };
+    if breaks::on(Break::StrictFields) {
+        breaks::refuse_unknown_fields::<T>(encoding, &bytes)?;
+    }
     encoding.decode(&bytes).map_err(|e| {
-        http::Reject::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid {} body: {e}", encoding.as_str()),
-        )
+        let status = match breaks::on(Break::Lenient) {
+            true => StatusCode::INTERNAL_SERVER_ERROR,
+            false => StatusCode::BAD_REQUEST,
+        };
+        http::Reject::new(status, format!("invalid {} body: {e}", encoding.as_str()))
     })
 }
 
 /// A 200 response in `encoding`.
-fn answer<T: WireBody>(encoding: Encoding, body: &T) -> Response<Body> {
+fn answer<T: WireBody>(mut encoding: Encoding, body: &T) -> Response<Body> {
+    if breaks::on(Break::ProtobufAsJson) {
+        encoding = Encoding::Json;
+    }
     http::encoded(encoding.media_type(), encoding.encode(body))
 }
 
@@ -181,9 +200,14 @@ fn prefer_wait(headers: &HeaderMap) -> u64 {
 
 async fn poll(app: &App, gw: &str, req: Request<Incoming>, encoding: Encoding) -> Response<Body> {
     bump(&app.stats.polls);
-    let wait_s = prefer_wait(req.headers())
+    let mut wait_s = prefer_wait(req.headers())
         .min(app.max_wait_s)
         .min(MAX_HOLD_S);
+    if breaks::on(Break::NoHold) {
+        wait_s = 0;
+    } else if breaks::on(Break::Overhold) {
+        wait_s += 4;
+    }
     let body: PollRequest = match read_body(app, req, encoding).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),
@@ -195,6 +219,13 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>, encoding: Encoding) -
     }
 
     let deadline = Instant::now() + Duration::from_secs(wait_s);
+    let _serialised = match breaks::on(Break::FlushWaits) {
+        true => Some(breaks::HELD.lock().await),
+        false => None,
+    };
+    if breaks::on(Break::HoldQueued) {
+        tokio::time::sleep_until(deadline).await;
+    }
     let commands = loop {
         let notified = start.wake.notified();
         tokio::pin!(notified);
@@ -212,9 +243,14 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>, encoding: Encoding) -
             // Nothing to hand out (empty queue, or capacity 0: then only the deadline or
             // a newer poll ends the hold, so a full gateway does not spin).
             Take::Commands { .. } => {
-                tokio::select! {
-                    () = &mut notified => false,
-                    () = tokio::time::sleep_until(deadline) => true,
+                if breaks::on(Break::NoWake) {
+                    tokio::time::sleep_until(deadline).await;
+                    true
+                } else {
+                    tokio::select! {
+                        () = &mut notified => false,
+                        () = tokio::time::sleep_until(deadline) => true,
+                    }
                 }
             }
         };
@@ -257,6 +293,10 @@ async fn results(
     encoding: Encoding,
 ) -> Response<Body> {
     bump(&app.stats.results_posts);
+    let _serialised = match breaks::on(Break::FlushWaits) {
+        true => Some(breaks::HELD.lock().await),
+        false => None,
+    };
     let body: ResultsRequest = match read_body(app, req, encoding).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),

@@ -3,6 +3,7 @@
 //!
 //! Everything here is synchronous and runs under the store's lock (see `state`).
 
+use crate::breaks::{self, Break};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -92,7 +93,17 @@ impl Gateway {
         let mut seen = HashSet::with_capacity(results.len());
         for result in results {
             let id = result.command_id.clone();
+            if breaks::on(Break::AckUnstored) {
+                acked.push(id);
+                continue;
+            }
             match self.result_index.get(&id) {
+                Some(&i) if breaks::on(Break::KeepLast) => self.results[i].result = result,
+                Some(_) if breaks::on(Break::StoreDuplicates) => self.results.push(StoredResult {
+                    result,
+                    deliveries: 1,
+                    received_ms: now_ms,
+                }),
                 Some(&i) => self.results[i].deliveries += 1,
                 None => {
                     self.result_index.insert(id.clone(), self.results.len());
@@ -109,6 +120,9 @@ impl Gateway {
         }
         if !acked.is_empty() {
             self.results_changed.notify_waiters();
+        }
+        if breaks::on(Break::NoAck) {
+            acked.clear();
         }
         acked
     }
@@ -131,7 +145,13 @@ impl Gateway {
     /// commands the gateway no longer knows about: no result and not in `pending`. That is
     /// how a response lost with its connection gets resent. Returns whether any moved.
     pub fn requeue_lost(&mut self, pending: &[String]) -> bool {
-        let pending: HashSet<&str> = pending.iter().map(String::as_str).collect();
+        let mut pending: HashSet<&str> = pending.iter().map(String::as_str).collect();
+        if breaks::on(Break::ResendPending) {
+            pending.clear();
+        }
+        if breaks::on(Break::NoResend) {
+            return false;
+        }
         let mut lost = Vec::new();
         let mut kept = Vec::new();
         for q in self.delivered.drain(..) {

@@ -143,6 +143,8 @@ pub struct Reject {
     pub message: String,
     /// The request body, when it was refused unread (see [`Body`]).
     unread: Option<Box<Incoming>>,
+    /// Break the response stream after the headers (`--break reset-oversize`).
+    broken: bool,
 }
 
 impl Reject {
@@ -151,12 +153,24 @@ impl Reject {
             status,
             message: message.into(),
             unread: None,
+            broken: false,
+        }
+    }
+
+    /// The same refusal, its stream broken instead of answered.
+    pub fn broken(self) -> Self {
+        Reject {
+            broken: true,
+            ..self
         }
     }
 }
 
 impl From<Reject> for Response<Body> {
     fn from(reject: Reject) -> Self {
+        if reject.broken {
+            return with_raw_body(reject.status, Body::broken(Bytes::new()));
+        }
         let mut response = error(reject.status, reject.message);
         response.body_mut().unread = reject.unread;
         response

@@ -10,6 +10,7 @@
 
 mod admin;
 mod api;
+mod breaks;
 mod faults;
 mod gateway;
 mod http;
@@ -91,6 +92,11 @@ struct Cli {
     /// Largest request body accepted on /v1 (413 beyond it), like a proxy's body limit.
     #[arg(long, value_name = "BYTES", default_value_t = api::MAX_BODY)]
     max_body_bytes: usize,
+
+    /// Break one rule of the protocol on purpose, to show that tether-conformance
+    /// catches it (docs/conformance.md). Never for anything else.
+    #[arg(long = "break", value_name = "RULE", value_enum)]
+    break_rule: Option<breaks::Break>,
 }
 
 /// What every request handler needs; shared by all connections.
@@ -135,6 +141,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Some(rule) = cli.break_rule {
+        log::warn!("breaking the protocol on purpose: {rule:?}");
+        breaks::set(rule);
+    }
     let tls_config = tls::server_config(&cli.cert_dir, cli.client_ca.as_deref())
         .map_err(|e| format!("TLS setup: {e}"))?;
     let store = Store::open(cli.state.clone()).map_err(|e| format!("state: {e}"))?;

@@ -31,6 +31,10 @@ struct Inner {
 
 impl Inner {
     fn gateway(&mut self, name: &str) -> &mut Gateway {
+        let name = match crate::breaks::on(crate::breaks::Break::SharedQueue) {
+            true => "*",
+            false => name,
+        };
         self.gateways.entry(name.to_owned()).or_default()
     }
 
@@ -131,7 +135,11 @@ impl Store {
         if g.poll_generation != generation {
             return Take::Superseded;
         }
-        let commands = g.take(usize::try_from(capacity).unwrap_or(usize::MAX));
+        let capacity = match crate::breaks::on(crate::breaks::Break::IgnoreCapacity) {
+            true => usize::MAX,
+            false => usize::try_from(capacity).unwrap_or(usize::MAX),
+        };
+        let commands = g.take(capacity);
         let version = (!commands.is_empty()).then(|| inner.touch());
         Take::Commands { commands, version }
     }
