@@ -154,6 +154,13 @@ const BREAKS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "unbounded-answer",
+        &[
+            ("poll.answer-size", "keep an answer under 4 MiB"),
+            ("poll.answer-size@protobuf", "keep an answer under 4 MiB"),
+        ],
+    ),
+    (
         "resend-pending",
         &[
             ("pending.not-resent", "listed it in pending"),

@@ -92,6 +92,7 @@ pub const CASES: &[Case] = &[
     case!("gateways.isolated", "S7", Must, false, gateways_isolated),
     case!("capacity.zero", "S8", Must, true, capacity_zero),
     case!("capacity.limit", "S8", Must, true, capacity_limit),
+    case!("poll.answer-size", "S20", Must, true, poll_answer_size),
     case!("pending.not-resent", "S9", Must, true, pending_not_resent),
     case!("resend.lost", "S10", Must, true, resend_lost),
     case!("results.duplicate", "S11", Must, true, results_duplicate),
@@ -571,6 +572,49 @@ async fn capacity_limit(cx: Arc<Ctx>) -> Outcome {
     missing.sort();
     if !missing.is_empty() {
         fail!("after capacity grew, the queued commands {missing:?} never came");
+    }
+    Ok(())
+}
+
+async fn poll_answer_size(cx: Arc<Ctx>) -> Outcome {
+    let gw = cx.gateway().await?;
+    let fixture = cx.fixture()?;
+    // 80 commands of 60 KiB each: more than one answer may carry, each far below the
+    // gateway's 64 KiB bound for a command.
+    let filler = Value::String("x".repeat(60 * 1024));
+    let mut queued = Vec::new();
+    for _ in 0..80 {
+        let (id, mut cmd) = gw.command();
+        cmd["payload"]["filler"] = filler.clone();
+        fixture.enqueue(&gw.id, &cmd).await?;
+        queued.push(id);
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        let (answer, _) = gw
+            .poll(&poll_body(vec![], &got, 1000), 5)
+            .await
+            .map_err(|v| match v {
+                Verdict::Fail(why) => Verdict::Fail(format!(
+                    "with 4.8 MB of commands queued and capacity 1000: {why}; keep an answer under 4 MiB and send the rest with the next poll"
+                )),
+                skip => skip,
+            })?;
+        let more = ids(&answer.commands)?;
+        if more.is_empty() {
+            break;
+        }
+        if let Some(again) = more.iter().find(|id| got.contains(id)) {
+            fail!("{again} was sent again although the poll listed it in pending");
+        }
+        got.extend(more);
+        if got.len() >= queued.len() {
+            break;
+        }
+    }
+    let missing = queued.iter().filter(|id| !got.contains(id)).count();
+    if missing > 0 {
+        fail!("{missing} of the 80 large commands queued never came");
     }
     Ok(())
 }

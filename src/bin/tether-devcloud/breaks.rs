@@ -25,6 +25,8 @@ pub enum Break {
     SharedQueue,
     /// Send every queued command whatever `capacity` says.
     IgnoreCapacity,
+    /// Put every command `capacity` allows in one answer, however large it gets.
+    UnboundedAnswer,
     /// Send again the delivered commands listed in `pending`.
     ResendPending,
     /// Never send a delivered command again, even when the gateway no longer knows it.

@@ -32,13 +32,25 @@ pub struct StoredResult {
 pub struct Queued {
     pub id: String,
     pub body: Value,
+    /// Its size as JSON, counted against an answer's [`MAX_ANSWER_BYTES`].
+    bytes: usize,
 }
 
+/// Most command JSON one poll answer carries: a gateway refuses an answer over
+/// `cloud.max_response_bytes` (4 MiB by default), and the commands of a refused answer
+/// would be resent and refused again forever. The rest goes with the next poll.
+pub const MAX_ANSWER_BYTES: usize = 3 << 20;
+
 impl Queued {
+    pub fn new(id: String, body: Value) -> Queued {
+        let bytes = body.to_string().len();
+        Queued { id, body, bytes }
+    }
+
     /// Wraps a stored command; `None` if it lacks a string `id`.
     pub fn from_body(body: Value) -> Option<Queued> {
         let id = body.get("id")?.as_str()?.to_owned();
-        Some(Queued { id, body })
+        Some(Queued::new(id, body))
     }
 }
 
@@ -172,9 +184,11 @@ impl Gateway {
         any
     }
 
-    /// Moves up to `capacity` commands from the queue to `delivered`.
+    /// Moves up to `capacity` commands, and at most [`MAX_ANSWER_BYTES`] of them (at
+    /// least one), from the queue to `delivered`.
     pub fn take(&mut self, capacity: usize) -> Vec<Value> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         while out.len() < capacity {
             let Some(q) = self.queue.pop_front() else {
                 break;
@@ -182,6 +196,11 @@ impl Gateway {
             // A result can overtake a requeued copy (it was in flight on /results).
             if self.result_index.contains_key(&q.id) {
                 continue;
+            }
+            bytes += q.bytes;
+            if !out.is_empty() && bytes > MAX_ANSWER_BYTES && !breaks::on(Break::UnboundedAnswer) {
+                self.queue.push_front(q);
+                break;
             }
             out.push(q.body.clone());
             self.delivered.push(q);
@@ -278,6 +297,24 @@ mod tests {
         g.store_results(vec![ok("c1")], 0);
         let taken = g.take(5);
         assert_eq!(taken, [json!({ "id": "c2", "target": "lamp" })]);
+    }
+
+    #[test]
+    fn an_answer_carries_at_most_its_byte_budget_and_at_least_one_command() {
+        let mut g = Gateway::default();
+        let big = "x".repeat(MAX_ANSWER_BYTES / 3);
+        for n in 0..5 {
+            let body = json!({ "id": format!("c{n}"), "target": "lamp", "payload": big });
+            g.queue.extend(Queued::from_body(body));
+        }
+        assert_eq!(g.take(64).len(), 2);
+        assert_eq!(g.queued_ids(), ["c2", "c3", "c4"]);
+        let huge = "x".repeat(MAX_ANSWER_BYTES * 2);
+        let mut lone = Gateway::default();
+        lone.queue.extend(Queued::from_body(
+            json!({ "id": "c9", "target": "lamp", "payload": huge }),
+        ));
+        assert_eq!(lone.take(64).len(), 1);
     }
 
     #[test]

@@ -213,10 +213,7 @@ impl Store {
             };
             obj.insert("id".to_owned(), Value::String(id.clone()));
             ids.push(id.clone());
-            queued.push(Queued {
-                id,
-                body: Value::Object(obj),
-            });
+            queued.push(Queued::new(id, Value::Object(obj)));
         }
         let g = inner.gateway(gw);
         g.queue.extend(queued);
