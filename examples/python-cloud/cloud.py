@@ -32,7 +32,7 @@ from importlib.metadata import version
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -52,14 +52,31 @@ DEFAULT_CAPACITY = 1_000_000
 # How much of an oversized body is still read (and dropped) before answering 413; see
 # read_object.
 DRAIN_BYTES = 64 << 20
+# Largest sum of command JSON in one poll answer: a gateway refuses an answer over
+# `cloud.max_response_bytes` (4 MiB by default); the rest goes with the next poll.
+MAX_ANSWER_BYTES = 3 << 20
+
+
+async def drain(request):
+    """Reads and drops what is left of a request body, up to DRAIN_BYTES."""
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > DRAIN_BYTES:
+                break
+    except ClientDisconnect:
+        pass
 
 
 class Refused(Exception):
     """Ends a request with an HTTP error status and a JSON body {"error": message}."""
 
-    def __init__(self, status, message, headers=None):
+    def __init__(self, status, message, headers=None, unread=False):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
+        # Refused before its body was read: the handler reads it first (see refused).
+        self.unread = unread
 
 
 class DuplicateId(ValueError):
@@ -179,7 +196,9 @@ class Store:
         return len(lost)
 
     def take(self, gw, capacity):
-        """Marks up to `capacity` queued commands delivered (committed); returns them."""
+        """Marks up to `capacity` queued commands delivered (committed); returns them.
+        At most MAX_ANSWER_BYTES of them: a gateway refuses an answer over 4 MiB, and the
+        commands in a refused answer would be resent, refused again, forever."""
         if capacity <= 0:
             return []
         with self.transaction():
@@ -190,10 +209,15 @@ class Store:
                 "   AND NOT EXISTS (SELECT 1 FROM results r"
                 "                   WHERE r.gateway = c.gateway AND r.command_id = c.id)"
                 " ORDER BY seq LIMIT ?", (gw, capacity)).fetchall()
-            for seq, _ in rows:
+            taken, size = [], 0
+            for seq, body in rows:
+                size += len(body)
+                if taken and size > MAX_ANSWER_BYTES:
+                    break
                 self.db.execute("UPDATE commands SET state = 'delivered' WHERE seq = ?",
                                 (seq,))
-        return [json.loads(body) for _, body in rows]
+                taken.append(body)
+        return [json.loads(body) for body in taken]
 
     def add_command(self, gw, command):
         """Queues one command (committed). Raises DuplicateId if the id was used."""
@@ -330,6 +354,11 @@ class Cloud:
         self.app = Starlette(routes=routes, exception_handlers={Refused: self.refused})
 
     async def refused(self, request, exc):
+        # A refusal can come before the body was read (401, 415). Hypercorn 0.13.2 tears
+        # down an HTTP/2 connection whose client is still sending a body the app has
+        # already answered (see read_object), so read it first.
+        if exc.unread:
+            await drain(request)
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
     # -- every request ------------------------------------------------------------------
@@ -342,7 +371,7 @@ class Cloud:
         if not (scheme.lower() == "bearer" and hmac.compare_digest(
                 presented.strip().encode(), self.args.token.encode())):
             raise Refused(401, "missing or wrong bearer token",
-                          headers={"WWW-Authenticate": "Bearer"})
+                          headers={"WWW-Authenticate": "Bearer"}, unread=True)
 
     async def read_object(self, request):
         """The request body as a JSON object: 415 for protobuf, 413 when over
@@ -350,7 +379,7 @@ class Cloud:
         need not announce its length), 400 when not a JSON object."""
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type in PROTOBUF_TYPES:
-            raise Refused(415, "this cloud speaks application/json only")
+            raise Refused(415, "this cloud speaks application/json only", unread=True)
         limit = self.args.max_body_bytes
         length = request.headers.get("content-length", "").strip()
         too_large = length.isdigit() and int(length) > limit
