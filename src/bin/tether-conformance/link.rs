@@ -222,13 +222,14 @@ impl Link {
                 .await
                 .map_err(|e| format!("no response: {}", describe(&e)));
             if let Some(sender) = sender {
-                if response.is_err() {
-                    // Why the body could not go, if that is the better explanation.
-                    if let Ok(Err(e)) = sender.await {
-                        return Err(format!("no response; sending the body: {e}"));
+                match &response {
+                    // Why the body could not go, too: it may be the better explanation.
+                    Err(why) => {
+                        if let Ok(Err(e)) = sender.await {
+                            return Err(format!("{why} (sending the body: {e})"));
+                        }
                     }
-                } else {
-                    sender.abort();
+                    Ok(_) => sender.abort(),
                 }
             }
             let response = response?;
