@@ -216,7 +216,10 @@ const BREAKS: &[(&str, &[(&str, &str)])] = &[
             ("unknown-fields@protobuf", "400"),
         ],
     ),
-    ("reset-oversize", &[("limits.body-413", "got no answer")]),
+    (
+        "reset-oversize",
+        &[("limits.body-413", "got no complete answer")],
+    ),
     (
         "lenient",
         &[
@@ -265,11 +268,16 @@ async fn each_deliberate_break_fails_the_case_that_names_it() {
 #[tokio::test]
 async fn should_failures_count_only_with_strict() {
     let dir = TempDir::new("kit-strict");
-    let cloud = devcloud(dir.path(), &["--break", "no-hold"]);
-    let lenient = kit_on(&cloud, &["--only", "poll.held,poll.wait-zero"]).await;
+    let cloud = devcloud(&dir.path().join("no-hold"), &["--break", "no-hold"]);
+    // A cloud that does not hold polls breaks a SHOULD only: the MUST cases that need a
+    // held poll to show anything are skipped, not failed.
+    let only = "poll.held,poll.wait-zero,poll.wakes,flush.second-stream,transport.ping";
+    let lenient = kit_on(&cloud, &["--only", only]).await;
     assert!(lenient.success, "{}", lenient.stdout);
     assert_eq!(lenient.verdict("poll.held"), "FAIL");
-    assert_eq!(lenient.summary(), "1 passed, 1 failed, 0 skipped");
+    assert_eq!(lenient.verdict("poll.wakes"), "SKIP");
+    assert_eq!(lenient.verdict("flush.second-stream"), "SKIP");
+    assert_eq!(lenient.summary(), "2 passed, 1 failed, 2 skipped");
     let strict = kit_on(&cloud, &["--strict", "--only", "poll.held"]).await;
     assert!(!strict.success, "{}", strict.stdout);
     // --skip leaves a case out entirely.
@@ -286,6 +294,18 @@ async fn should_failures_count_only_with_strict() {
     .await;
     assert!(skipped.success, "{}", skipped.stdout);
     assert!(!skipped.stdout.contains("poll.held"), "{}", skipped.stdout);
+
+    // An HTTP/1.1-only cloud: transport.h2 (a SHOULD) fails, everything else is skipped.
+    let h1 = devcloud(&dir.path().join("h1"), &["--break", "http1-only"]);
+    let run = kit_on(&h1, &[]).await;
+    assert!(run.success, "{}", run.stdout);
+    assert_eq!(run.verdict("transport.h2"), "FAIL");
+    assert!(
+        run.summary().starts_with("0 passed, 1 failed, "),
+        "{}",
+        run.stdout
+    );
+    assert!(!kit_on(&h1, &["--strict"]).await.success);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use tether::cloud::proto::{self, Body, Encoding};
 use tether::cloud::wire::{PollRequest, PollResponse, ResultsRequest, ResultsResponse};
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 
 use crate::fixture::Fixture;
 use crate::link::{Auth, Link, Reply, Target};
@@ -140,6 +140,8 @@ pub enum Protobuf {
     Refused(StatusCode),
     /// Answered, but wrongly (or not at all): why.
     Broken(String),
+    /// The kit cannot tell (an HTTP/1.1-only server): why.
+    Untestable(String),
 }
 
 /// Everything a case needs; one per case run.
@@ -359,10 +361,8 @@ async fn stored(cx: &Ctx, gw: &str, id: &str) -> Result<Vec<crate::fixture::Stor
 
 async fn transport_h2(cx: Arc<Ctx>) -> Outcome {
     match Link::open(&cx.target).await {
-        Ok(link) if link.alpn.as_deref() == Some(b"h2") => Ok(()),
-        Ok(_) => fail!(
-            "the server negotiated no ALPN protocol; gateways need ALPN h2 to use HTTP/2 (one connection for the poll and its flushes)"
-        ),
+        // Link::open accepts only h2.
+        Ok(_) => Ok(()),
         Err(crate::link::OpenError::NotH2(why) | crate::link::OpenError::Failed(why)) => {
             fail!("{why}")
         }
@@ -377,13 +377,22 @@ async fn transport_ping(cx: Arc<Ctx>) -> Outcome {
         .await
         .map_err(|e| format!("on an idle connection: {e}"))?;
     // While a poll is held, the gateway's PINGs are what keep the connection checked.
+    // (A server that does not hold polls has nothing more to show here: poll.held.)
     let body = gw.encode::<PollRequest>(&poll_body(vec![], &[], 64))?;
-    let (held, pinged) = tokio::join!(gw.poll_raw(body, 2, Auth::Token), async {
-        sleep(Duration::from_millis(300)).await;
-        gw.link.ping(within).await
-    });
-    pinged.map_err(|e| format!("while a poll was held: {e}"))?;
-    held.map_err(|e| format!("the poll held during the PING: {e}"))?;
+    let (held, pinged) = tokio::join!(
+        async { (gw.poll_raw(body, 2, Auth::Token).await, Instant::now()) },
+        async {
+            sleep(Duration::from_millis(300)).await;
+            (gw.link.ping(within).await, Instant::now())
+        }
+    );
+    let ((held, poll_ended), (pinged, ponged)) = (held, pinged);
+    let held = held.map_err(|e| format!("the poll held during the PING: {e}"))?;
+    if poll_ended > ponged || held.status != StatusCode::OK {
+        pinged.map_err(|e| format!("while a poll was held: {e}"))?;
+    } else {
+        pinged.map_err(|e| format!("right after a poll: {e}"))?;
+    }
     Ok(())
 }
 
@@ -393,6 +402,12 @@ async fn auth_refused(cx: Arc<Ctx>) -> Outcome {
             "no --token given, so the kit cannot tell a wrong one".into(),
         ));
     };
+    if cx.target.client_cert {
+        return Err(Verdict::Skip(
+            "the kit presents a client certificate, which a cloud may take as credentials enough"
+                .into(),
+        ));
+    }
     let gw = cx.gateway().await?;
     let wrong = format!("{token}-wrong");
     for (auth, what) in [
@@ -477,16 +492,22 @@ async fn poll_wakes(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
     let (id, cmd) = gw.command();
     let fixture = cx.fixture()?;
-    let lead = Duration::from_millis(500);
+    // Long enough for the poll to reach the server before the command is queued.
+    let lead = (cx.prompt / 2).max(Duration::from_millis(500));
     let body = poll_body(vec![], &[], 64);
     let (polled, queued) = tokio::join!(gw.poll(&body, 10), async {
-        // Long enough for the poll to be held before the command is queued.
         sleep(lead).await;
         fixture.enqueue(&gw.id, &cmd).await
     });
     queued?;
     let (answer, reply) = polled?;
     let got = ids(&answer.commands)?;
+    if !got.contains(&id) && reply.elapsed < lead {
+        return Err(Verdict::Skip(format!(
+            "the poll was answered after {}, before the command was queued: the server does not hold polls (poll.held), so there is no hold to end",
+            secs(reply.elapsed)
+        )));
+    }
     if !got.contains(&id) {
         fail!(
             "a held poll ended after {} without the command queued during the hold (commands: {got:?})",
@@ -553,11 +574,8 @@ async fn capacity_limit(cx: Arc<Ctx>) -> Outcome {
     if got.is_empty() {
         fail!("a poll with capacity 2 got none of the 5 commands queued");
     }
-    // The rest come once there is room, each once.
-    for _ in 0..4 {
-        if got.len() >= queued.len() {
-            break;
-        }
+    // The rest come once there is room, each once, however many polls that takes.
+    while got.len() < queued.len() {
         let (answer, _) = gw.poll(&poll_body(vec![], &got, 10), 5).await?;
         let more = ids(&answer.commands)?;
         if more.is_empty() {
@@ -590,7 +608,7 @@ async fn poll_answer_size(cx: Arc<Ctx>) -> Outcome {
         queued.push(id);
     }
     let mut got: Vec<String> = Vec::new();
-    for _ in 0..20 {
+    while got.len() < queued.len() {
         let (answer, _) = gw
             .poll(&poll_body(vec![], &got, 1000), 5)
             .await
@@ -608,9 +626,6 @@ async fn poll_answer_size(cx: Arc<Ctx>) -> Outcome {
             fail!("{again} was sent again although the poll listed it in pending");
         }
         got.extend(more);
-        if got.len() >= queued.len() {
-            break;
-        }
     }
     let missing = queued.iter().filter(|id| !got.contains(id)).count();
     if missing > 0 {
@@ -763,16 +778,26 @@ async fn flush_second_stream(cx: Arc<Ctx>) -> Outcome {
     let pending = vec![id.clone()];
     let lead = Duration::from_millis(300);
     let body = poll_body(vec![], &pending, 64);
-    let (polled, flushed) = tokio::join!(gw.poll(&body, 10), async {
-        sleep(lead).await;
-        let flushed = gw
-            .flush(&json!({ "results": [result(&id, "ok", json!(null))] }))
-            .await;
-        // Ends the held poll without waiting its ten seconds.
-        let queued = fixture.enqueue(&gw.id, &wake_cmd).await;
-        (flushed, queued)
-    });
-    let (flushed, queued) = flushed;
+    let (polled, flushed) = tokio::join!(
+        async { (gw.poll(&body, 10).await, Instant::now()) },
+        async {
+            sleep(lead).await;
+            let sent = Instant::now();
+            let flushed = gw
+                .flush(&json!({ "results": [result(&id, "ok", json!(null))], "events": [] }))
+                .await;
+            // Ends the held poll without waiting its ten seconds.
+            let queued = fixture.enqueue(&gw.id, &wake_cmd).await;
+            (flushed, sent, queued)
+        }
+    );
+    let ((polled, poll_ended), (flushed, flush_sent, queued)) = (polled, flushed);
+    if poll_ended <= flush_sent && polled.is_ok() {
+        return Err(Verdict::Skip(
+            "the poll was answered before the flush went out: the server does not hold polls (poll.held), so there is nothing to show"
+                .into(),
+        ));
+    }
     let (answer, reply) = flushed.map_err(|v| match v {
         Verdict::Fail(why) => Verdict::Fail(format!(
             "while a poll was held on the same connection: {why}"
@@ -872,12 +897,19 @@ async fn limits_body_413(cx: Arc<Ctx>) -> Outcome {
     });
     let bytes = Bytes::from(body.to_string());
     let len = bytes.len();
-    let reply = gw.poll_raw(bytes, 0, Auth::Token).await.map_err(|e| {
-        format!(
-            "a {len}-byte body (over --max-body {}) got no answer: {e}; answer 413 so the gateway sends less",
-            cx.max_body
-        )
-    })?;
+    // Time to upload it even at 1 MB/s.
+    let within = cx.prompt + Duration::from_secs(10 + len as u64 / 1_000_000);
+    let path = format!("/v1/gateways/{}/poll", gw.id);
+    let reply = gw
+        .link
+        .post(&path, &gw.headers(Some(0)), Auth::Token, bytes, within)
+        .await
+        .map_err(|e| {
+            format!(
+                "a {len}-byte body (over --max-body {}) got no complete answer: {e}; answer 413 so the gateway sends less",
+                cx.max_body
+            )
+        })?;
     if reply.status != StatusCode::PAYLOAD_TOO_LARGE {
         fail!(
             "a {len}-byte body (over --max-body {}) was answered {}, not 413",
@@ -947,6 +979,7 @@ async fn poll_cadence(cx: Arc<Ctx>) -> Outcome {
 pub async fn probe_protobuf(target: &Arc<Target>, gateway: String) -> Protobuf {
     let link = match Link::open(target).await {
         Ok(link) => link,
+        Err(crate::link::OpenError::NotH2(why)) => return Protobuf::Untestable(why),
         Err(e) => return Protobuf::Broken(e.to_string()),
     };
     let request = PollRequest {
@@ -997,6 +1030,7 @@ pub async fn probe_protobuf(target: &Arc<Target>, gateway: String) -> Protobuf {
 
 async fn protobuf_encoding(cx: Arc<Ctx>) -> Outcome {
     match &cx.protobuf {
+        Protobuf::Untestable(why) => Err(Verdict::Skip(why.clone())),
         Protobuf::Served => Ok(()),
         Protobuf::Refused(status) => Err(Verdict::Skip(format!(
             "the cloud refuses protobuf ({status}): a JSON-only cloud"
@@ -1007,6 +1041,7 @@ async fn protobuf_encoding(cx: Arc<Ctx>) -> Outcome {
 
 async fn protobuf_refusal(cx: Arc<Ctx>) -> Outcome {
     match &cx.protobuf {
+        Protobuf::Untestable(why) => Err(Verdict::Skip(why.clone())),
         Protobuf::Served => Err(Verdict::Skip("the cloud serves protobuf".into())),
         Protobuf::Refused(s) if *s == StatusCode::UNSUPPORTED_MEDIA_TYPE => Ok(()),
         Protobuf::Refused(s) => fail!(

@@ -28,6 +28,8 @@ pub struct Target {
     pub base_path: String,
     pub tls: Arc<rustls::ClientConfig>,
     pub token: Option<String>,
+    /// Whether the kit presents a client certificate.
+    pub client_cert: bool,
     /// Largest response body read; a gateway refuses larger ones (`cloud.max_response_bytes`).
     pub max_response: usize,
     pub connect_timeout: Duration,
@@ -100,8 +102,6 @@ pub struct Link {
     ping: tokio::sync::Mutex<Option<h2::PingPong>>,
     driver: JoinHandle<Result<(), String>>,
     target: Arc<Target>,
-    /// The ALPN protocol the server chose.
-    pub alpn: Option<Vec<u8>>,
 }
 
 impl Drop for Link {
@@ -140,11 +140,20 @@ impl Link {
         .map_err(|_| format!("TLS handshake took over {:?}", target.connect_timeout))?
         .map_err(|e| format!("TLS handshake: {e}"))?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        if let Some(other) = alpn.as_deref().filter(|p| *p != b"h2") {
-            return Err(OpenError::NotH2(format!(
-                "the server chose {} by ALPN, not h2; the kit tests HTTP/2 servers",
-                String::from_utf8_lossy(other)
-            )));
+        match alpn.as_deref() {
+            Some(b"h2") => {}
+            Some(other) => {
+                return Err(OpenError::NotH2(format!(
+                    "the server chose {} by ALPN, not h2; the kit tests HTTP/2 servers",
+                    String::from_utf8_lossy(other)
+                )));
+            }
+            // Without ALPN a gateway speaks HTTP/1.1 (RFC 9113 §3.2).
+            None => {
+                return Err(OpenError::NotH2(
+                    "the server negotiated no ALPN protocol, so gateways speak HTTP/1.1 to it; the kit tests HTTP/2 servers (ALPN h2)".into(),
+                ));
+            }
         }
         let (send, mut conn) = timeout(target.connect_timeout, h2::client::handshake(tls))
             .await
@@ -157,7 +166,6 @@ impl Link {
             ping: tokio::sync::Mutex::new(ping),
             driver,
             target: target.clone(),
-            alpn,
         })
     }
 
