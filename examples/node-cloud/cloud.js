@@ -45,6 +45,7 @@ function parseArgs(argv) {
     if (!Number.isSafeInteger(n) || n < 0) usageError(`${name}: not a non-negative integer`);
     opts[name] = n;
   }
+  if (opts.waitS > 3600) usageError('--wait-s: at most 3600 (protocol.md, poll.wait_s)');
   // HOST:PORT, or [IPv6]:PORT.
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(opts.listen);
   if (!m) usageError('--listen takes HOST:PORT');
@@ -339,7 +340,8 @@ const STATUSES = new Set(['ok', 'error', 'timeout', 'unreachable', 'expired', 'r
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
 const absent = (v) => v === undefined || v === null;
-const DEFAULT_CAPACITY = 1000000;
+// Largest `capacity` used as is (as good as unlimited).
+const MAX_CAPACITY = 1000000;
 
 // Checks a poll or flush body against protocol.md's types (unknown fields are ignored;
 // absent or null fields take their defaults) and returns what the handlers use. Throws a
@@ -376,9 +378,9 @@ function readGatewayBody(text, isPoll) {
     if (!listOf(name).every((id) => typeof id === 'string')) throw httpError(400, `${name} is not an array of strings`);
   }
   out.pending = new Set(listOf('pending'));
-  // The gateway always sends capacity; without it, take what the queue has.
+  // The gateway always sends capacity; without it, 0 (protocol.md): keep commands queued.
   if (!absent(body.capacity) && !isCount(body.capacity)) throw httpError(400, 'capacity is not a non-negative integer');
-  out.capacity = absent(body.capacity) ? DEFAULT_CAPACITY : body.capacity;
+  out.capacity = absent(body.capacity) ? 0 : Math.min(body.capacity, MAX_CAPACITY);
   return out;
 }
 

@@ -46,9 +46,9 @@ STATUSES = {"ok", "error", "timeout", "unreachable", "expired", "rejected",
 PROTOBUF_TYPES = {"application/protobuf", "application/x-protobuf"}
 # protocol.md "Command": an id is a string of 1 to 128 bytes (UTF-8).
 MAX_ID_BYTES = 128
-# `capacity` when a poll leaves it out (protocol.md gives no default). tetherd always
-# sends it; a client that does not is treated as taking whatever is queued.
-DEFAULT_CAPACITY = 1_000_000
+# Largest `capacity` used as is (as good as unlimited; it fits SQL's LIMIT). tetherd always
+# sends `capacity`; a poll without one is read as 0, as protocol.md says: keep commands.
+MAX_CAPACITY = 1_000_000
 # How much of an oversized body is still read (and dropped) before answering 413; see
 # read_object.
 DRAIN_BYTES = 64 << 20
@@ -420,10 +420,10 @@ class Cloud:
         list_field(body, "waiting", "body", check_string)  # informational: only checked
         capacity = body.get("capacity")
         if capacity is None:
-            capacity = DEFAULT_CAPACITY
+            capacity = 0
         elif not is_count(capacity):
             raise bad("body.capacity", "must be a non-negative integer")
-        capacity = min(capacity, DEFAULT_CAPACITY)  # as good as unlimited; fits SQL LIMIT
+        capacity = min(capacity, MAX_CAPACITY)
         wait_s = min(prefer_wait(request), self.args.max_wait_s)
 
         # The gateway holds one poll at a time, so an older poll still held for it came
@@ -632,6 +632,8 @@ def main():
     p.add_argument("--max-body-bytes", type=count, default=1 << 20,
                    help="largest request body; larger gets 413 (default 1048576)")
     args = p.parse_args()
+    if args.wait_s > 3600:
+        p.error("--wait-s: at most 3600 (protocol.md, poll.wait_s)")
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -164,6 +164,14 @@ fn check_command(obj: &Map<String, Value>, raw: bool) -> Result<(), String> {
     if raw {
         return Ok(());
     }
+    // One that alone would not fit an answer a gateway reads would wedge it (S20).
+    let bytes = Value::Object(obj.clone()).to_string().len();
+    if bytes > crate::gateway::MAX_ANSWER_BYTES {
+        return Err(format!(
+            "{bytes} bytes as JSON; one poll answer carries at most {}",
+            crate::gateway::MAX_ANSWER_BYTES
+        ));
+    }
     let mut probe = obj.clone();
     probe
         .entry("id")
