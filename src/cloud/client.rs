@@ -223,7 +223,7 @@ impl Uplink {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| RequestError::Transport(chain(&e)))?;
+            .map_err(|e| RequestError::Transport(error_chain(&e)))?;
         let status = resp.status();
         // A server answers in the request's encoding; one that names another it still
         // gets read in that one.
@@ -241,7 +241,7 @@ impl Uplink {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| RequestError::Transport(chain(&e)))?
+            .map_err(|e| RequestError::Transport(error_chain(&e)))?
         {
             if buf.len() + chunk.len() > max {
                 return Err(RequestError::TooLarge(max));
@@ -294,7 +294,8 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// An error with its sources, so "error sending request" says *why* (TLS, DNS, reset).
-fn chain(e: &dyn std::error::Error) -> String {
+/// The devcloud and tether-conformance describe their HTTP errors the same way.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -44,6 +44,16 @@ pub enum Verdict {
     Skip(String),
 }
 
+impl Verdict {
+    /// A failure's reason rewritten by `f` (a skip stays as it is).
+    fn reworded(self, f: impl FnOnce(String) -> String) -> Verdict {
+        match self {
+            Verdict::Fail(why) => Verdict::Fail(f(why)),
+            skip => skip,
+        }
+    }
+}
+
 impl From<String> for Verdict {
     fn from(reason: String) -> Self {
         Verdict::Fail(reason)
@@ -612,12 +622,9 @@ async fn poll_answer_size(cx: Arc<Ctx>) -> Outcome {
         let (answer, _) = gw
             .poll(&poll_body(vec![], &got, 1000), 5)
             .await
-            .map_err(|v| match v {
-                Verdict::Fail(why) => Verdict::Fail(format!(
+            .map_err(|v| v.reworded(|why| format!(
                     "with 4.8 MB of commands queued and capacity 1000: {why}; keep an answer under 4 MiB and send the rest with the next poll"
-                )),
-                skip => skip,
-            })?;
+                )))?;
         let more = ids(&answer.commands)?;
         if more.is_empty() {
             break;
@@ -798,11 +805,8 @@ async fn flush_second_stream(cx: Arc<Ctx>) -> Outcome {
                 .into(),
         ));
     }
-    let (answer, reply) = flushed.map_err(|v| match v {
-        Verdict::Fail(why) => Verdict::Fail(format!(
-            "while a poll was held on the same connection: {why}"
-        )),
-        skip => skip,
+    let (answer, reply) = flushed.map_err(|v| {
+        v.reworded(|why| format!("while a poll was held on the same connection: {why}"))
     })?;
     if reply.elapsed > cx.prompt {
         fail!(
@@ -917,14 +921,9 @@ async fn limits_body_413(cx: Arc<Ctx>) -> Outcome {
             reply.status
         );
     }
-    gw.poll(&poll_body(vec![], &[], 64), 0)
-        .await
-        .map_err(|v| match v {
-            Verdict::Fail(why) => Verdict::Fail(format!(
-                "after the 413, the connection no longer serves: {why}"
-            )),
-            skip => skip,
-        })?;
+    gw.poll(&poll_body(vec![], &[], 64), 0).await.map_err(|v| {
+        v.reworded(|why| format!("after the 413, the connection no longer serves: {why}"))
+    })?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
+use tether::cloud::client::error_chain;
 
 pub struct Fixture {
     base: String,
@@ -66,7 +67,7 @@ impl Fixture {
             )
             .send()
             .await
-            .map_err(|e| format!("fixture: POST {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("fixture: POST {url}: {}", error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -85,7 +86,7 @@ impl Fixture {
             .authorized(self.http.get(&url))
             .send()
             .await
-            .map_err(|e| format!("fixture: GET {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("fixture: GET {url}: {}", error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("fixture: GET {url} answered {status}"));
@@ -93,7 +94,7 @@ impl Fixture {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| format!("fixture: GET {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("fixture: GET {url}: {}", error_chain(&e)))?;
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| format!("fixture: GET {url}: not JSON: {e}"))?;
         let Some(entries) = body.get("results").and_then(Value::as_array) else {
@@ -132,17 +133,4 @@ fn excerpt(v: &Value) -> String {
     } else {
         text
     }
-}
-
-/// An error with its causes, since reqwest's own message is often only "error sending
-/// request".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tether::cloud::client::error_chain;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -130,7 +131,7 @@ async fn serve_tls_connection(
     tokio::pin!(conn);
     loop {
         tokio::select! {
-            done = conn.as_mut() => return done.map_err(|e| format!("{peer}: {}", describe(&*e))),
+            done = conn.as_mut() => return done.map_err(|e| format!("{peer}: {}", error_chain(&*e))),
             Ok(()) = goaway.changed() => {
                 // Injected fault: close gracefully (HTTP/2 GOAWAY), finishing open streams.
                 conn.as_mut().graceful_shutdown();
@@ -154,22 +155,9 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>) {
                 .await;
             if let Err(e) = result {
                 // Clients hanging up mid-request are routine for a test harness.
-                log::info!("admin connection: {}", describe(&e));
+                log::info!("admin connection: {}", error_chain(&e));
             }
         });
     })
     .await;
-}
-
-/// One line for a connection error, with its chain of causes (hyper's own message alone
-/// is often just "connection error").
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
