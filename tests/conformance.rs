@@ -446,10 +446,26 @@ async fn a_silent_http2_peer_fails_the_ping_case_within_its_timeout() {
 struct Example {
     _child: KillOnDrop,
     port: u16,
+    /// Its stderr (a line per request), shown when a test fails.
+    log: std::path::PathBuf,
+}
+
+impl Example {
+    fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+/// The end of a log file, for a failure message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.char_indices().rev().nth(6000).map_or(0, |(i, _)| i);
+    text[start..].to_owned()
 }
 
 fn start_example(program: &str, script: &str, dir: &Path, certs: &Path) -> Example {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let log = dir.join("cloud.log");
     let mut child = Command::new(program)
         .arg(&script)
         .args([
@@ -466,6 +482,7 @@ fn start_example(program: &str, script: &str, dir: &Path, certs: &Path) -> Examp
         .arg("--db")
         .arg(dir.join("cloud.db"))
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("{program} {}: {e}", script.display()));
     let mut line = String::new();
@@ -480,13 +497,15 @@ fn start_example(program: &str, script: &str, dir: &Path, certs: &Path) -> Examp
         .and_then(|(_, port)| port.parse().ok())
         .unwrap_or_else(|| {
             panic!(
-                "{} did not start (READY line {line:?}); see its stderr above",
-                script.display()
+                "{} did not start (READY line {line:?}): {}",
+                script.display(),
+                tail(&log)
             )
         });
     Example {
         _child: child,
         port,
+        log,
     }
 }
 
@@ -500,7 +519,8 @@ async fn example_passes_and_serves_tetherd(tag: &str, program: &str, script: &st
     let fixture = format!("{url}/test");
     let ca = certs_from.ca_file();
     let run = kit(&url, &ca, &fixture, &["--strict", "--max-body", "1048576"]).await;
-    assert!(run.success, "{}", run.stdout);
+    let log = example.log_tail();
+    assert!(run.success, "{}\ncloud log:\n{log}", run.stdout);
     assert_eq!(run.verdict("protobuf.refusal"), "PASS", "{}", run.stdout);
     assert!(run.summary().contains(" 0 failed"), "{}", run.stdout);
 
@@ -557,7 +577,11 @@ async fn example_passes_and_serves_tetherd(tag: &str, program: &str, script: &st
         if !found.is_empty() {
             break found;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no result for {id}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for {id}; cloud log:\n{}",
+            example.log_tail()
+        );
         // Polls the cloud's store, which has no way to wait for a result.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
