@@ -15,7 +15,7 @@ use hyper::StatusCode;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderName};
 use prost::Message;
 use serde_json::{Value, json};
-use tether::cloud::proto::{self, Body, Encoding};
+use tether::cloud::proto::{Body, Encoding};
 use tether::cloud::wire::{PollRequest, PollResponse, ResultsRequest, ResultsResponse};
 use tokio::time::{Instant, sleep};
 
@@ -50,6 +50,17 @@ impl Verdict {
         match self {
             Verdict::Fail(why) => Verdict::Fail(f(why)),
             skip => skip,
+        }
+    }
+}
+
+/// A connection that cannot be made fails the case, unless the server speaks only
+/// HTTP/1.1, which the kit does not test.
+impl From<crate::link::OpenError> for Verdict {
+    fn from(e: crate::link::OpenError) -> Self {
+        match e {
+            crate::link::OpenError::NotH2(why) => Verdict::Skip(why),
+            crate::link::OpenError::Failed(why) => Verdict::Fail(why),
         }
     }
 }
@@ -197,10 +208,7 @@ impl Ctx {
 
     /// A fresh gateway id on a fresh connection.
     async fn gateway(&self) -> Result<Gw<'_>, Verdict> {
-        let link = Link::open(&self.target).await.map_err(|e| match e {
-            crate::link::OpenError::NotH2(why) => Verdict::Skip(why),
-            crate::link::OpenError::Failed(why) => Verdict::Fail(why),
-        })?;
+        let link = Link::open(&self.target).await?;
         Ok(Gw {
             cx: self,
             id: format!("{}-{}", self.gateway_prefix, self.unique()),
@@ -670,9 +678,7 @@ async fn resend_lost(cx: Arc<Ctx>) -> Outcome {
     // The answer that carried it "died with the connection": the gateway never saw it,
     // so its next poll neither lists it in pending nor answers it.
     let gw = Gw {
-        link: Link::open(&cx.target)
-            .await
-            .map_err(|e| Verdict::Fail(e.to_string()))?,
+        link: Link::open(&cx.target).await?,
         ..gw
     };
     let (answer, _) = gw.poll(&poll_body(vec![], &[], 64), 3).await?;
@@ -975,55 +981,26 @@ async fn poll_cadence(cx: Arc<Ctx>) -> Outcome {
 // ---- S18, S19: Protocol Buffers -----------------------------------------------------
 
 /// Finds out whether the cloud serves protobuf: one poll, on its own gateway.
-pub async fn probe_protobuf(target: &Arc<Target>, gateway: String) -> Protobuf {
-    let link = match Link::open(target).await {
-        Ok(link) => link,
-        Err(crate::link::OpenError::NotH2(why)) => return Protobuf::Untestable(why),
-        Err(e) => return Protobuf::Broken(e.to_string()),
+pub async fn probe_protobuf(cx: Ctx) -> Protobuf {
+    let gw = match cx.gateway().await {
+        Ok(gw) => gw,
+        Err(Verdict::Skip(why)) => return Protobuf::Untestable(why),
+        Err(Verdict::Fail(why)) => return Protobuf::Broken(why),
     };
-    let request = PollRequest {
-        results: vec![],
-        pending: vec![],
-        waiting: vec![],
-        events: vec![],
-        capacity: 64,
+    let reply = match gw.encode::<PollRequest>(&poll_body(vec![], &[], 64)) {
+        Ok(body) => gw.poll_raw(body, 0, Auth::Token).await,
+        Err(_) => Err("the kit could not encode a poll".to_owned()),
     };
-    let media = proto::PROTOBUF.to_owned();
-    let headers = [
-        (CONTENT_TYPE, media.clone()),
-        (ACCEPT, media),
-        (HeaderName::from_static("prefer"), "wait=0".to_owned()),
-    ];
-    let path = format!("/v1/gateways/{gateway}/poll");
-    let body = Bytes::from(Encoding::Protobuf.encode(&request));
-    let reply = match link
-        .post(&path, &headers, Auth::Token, body, Duration::from_secs(15))
-        .await
-    {
+    let reply = match reply {
         Ok(r) => r,
-        Err(e) => return Protobuf::Broken(format!("a protobuf poll: {e}")),
+        Err(why) => return Protobuf::Broken(format!("a protobuf poll: {why}")),
     };
-    match reply.status.as_u16() {
-        200 => match Encoding::from_media_type(reply.content_type()) {
-            Some(Encoding::Protobuf) => {
-                match Encoding::Protobuf.decode::<PollResponse>(&reply.body) {
-                    Ok(_) => Protobuf::Served,
-                    Err(e) => Protobuf::Broken(format!(
-                        "a protobuf poll was answered 200 with a body that is not a PollResponse: {e}"
-                    )),
-                }
-            }
-            _ => Protobuf::Broken(format!(
-                "a protobuf poll was answered 200 with Content-Type {:?}; answer in the request's encoding, or 415",
-                reply.content_type()
-            )),
-        },
-        400 | 406 | 415 | 422 => Protobuf::Refused(reply.status),
-        _ => Protobuf::Broken(format!(
-            "a protobuf poll was answered {}: {}",
-            reply.status,
-            reply.body_excerpt()
-        )),
+    if matches!(reply.status.as_u16(), 400 | 406 | 415 | 422) {
+        return Protobuf::Refused(reply.status);
+    }
+    match gw.decode::<PollResponse>("a protobuf poll", &reply) {
+        Ok(_) => Protobuf::Served,
+        Err(Verdict::Fail(why) | Verdict::Skip(why)) => Protobuf::Broken(why),
     }
 }
 

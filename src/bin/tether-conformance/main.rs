@@ -202,11 +202,22 @@ async fn run(cli: Cli) -> ExitCode {
     let (target, fixture) = setup;
 
     let run_id = format!("{:06x}", fastrand::u32(..0x100_0000));
+    let context = |encoding, tag: &str, protobuf| {
+        Ctx::new(
+            target.clone(),
+            fixture.clone(),
+            encoding,
+            format!("{}-{run_id}-{tag}", cli.gateway_prefix),
+            Duration::from_millis(cli.prompt_ms),
+            cli.max_body,
+            protobuf,
+        )
+    };
     let protobuf = if selected
         .iter()
         .any(|p| p.encoding == Encoding::Protobuf || p.case.id.starts_with("protobuf."))
     {
-        cases::probe_protobuf(&target, format!("{}-{run_id}-probe", cli.gateway_prefix)).await
+        cases::probe_protobuf(context(Encoding::Protobuf, "probe", Protobuf::Served)).await
     } else {
         Protobuf::Served
     };
@@ -230,19 +241,8 @@ async fn run(cli: Cli) -> ExitCode {
         let outcome = match unserved {
             Some(why) if planned.encoding == Encoding::Protobuf => Err(Verdict::Skip(why)),
             _ => {
-                let cx = Ctx::new(
-                    target.clone(),
-                    fixture.clone(),
-                    planned.encoding,
-                    format!(
-                        "{}-{run_id}-{}",
-                        cli.gateway_prefix,
-                        planned.id.replace(['.', '@'], "-")
-                    ),
-                    Duration::from_millis(cli.prompt_ms),
-                    cli.max_body,
-                    protobuf.clone(),
-                );
+                let tag = planned.id.replace(['.', '@'], "-");
+                let cx = context(planned.encoding, &tag, protobuf.clone());
                 run_case(planned.case, cx, Duration::from_secs(cli.case_timeout)).await
             }
         };

@@ -165,7 +165,7 @@ fn check_command(obj: &Map<String, Value>, raw: bool) -> Result<(), String> {
         return Ok(());
     }
     // One that alone would not fit an answer a gateway reads would wedge it (S20).
-    let bytes = Value::Object(obj.clone()).to_string().len();
+    let bytes = serde_json::to_string(obj).map_or(0, |text| text.len());
     if bytes > crate::gateway::MAX_ANSWER_BYTES {
         return Err(format!(
             "{bytes} bytes as JSON; one poll answer carries at most {}",

@@ -82,7 +82,7 @@ fn authorized(app: &App, conn: ConnInfo, headers: &HeaderMap) -> bool {
     };
     if breaks::on(Break::NoAuth) {
         return true;
-    };
+    }
     if conn.client_cert {
         return true;
     }
@@ -219,10 +219,7 @@ async fn poll(app: &App, gw: &str, req: Request<Incoming>, encoding: Encoding) -
     }
 
     let deadline = Instant::now() + Duration::from_secs(wait_s);
-    let _serialised = match breaks::on(Break::FlushWaits) {
-        true => Some(breaks::HELD.lock().await),
-        false => None,
-    };
+    let _serialised = breaks::one_at_a_time().await;
     if breaks::on(Break::HoldQueued) {
         tokio::time::sleep_until(deadline).await;
     }
@@ -293,10 +290,7 @@ async fn results(
     encoding: Encoding,
 ) -> Response<Body> {
     bump(&app.stats.results_posts);
-    let _serialised = match breaks::on(Break::FlushWaits) {
-        true => Some(breaks::HELD.lock().await),
-        false => None,
-    };
+    let _serialised = breaks::one_at_a_time().await;
     let body: ResultsRequest = match read_body(app, req, encoding).await {
         Ok(body) => body,
         Err(reject) => return reject.into(),

@@ -62,7 +62,16 @@ pub fn on(b: Break) -> bool {
 }
 
 /// Held by a poll for as long as it is held, and by a flush (`FlushWaits`).
-pub static HELD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static HELD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `FlushWaits`: what a poll or a flush holds while it runs, so a flush waits for the
+/// held poll to end; `None` (nothing to wait for) otherwise.
+pub async fn one_at_a_time() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    match on(Break::FlushWaits) {
+        true => Some(HELD.lock().await),
+        false => None,
+    }
+}
 
 /// `StrictFields`: a 400 for a body with a field outside the protocol (a JSON key, or a
 /// protobuf field the schema does not have), as a server with a strict parser answers.

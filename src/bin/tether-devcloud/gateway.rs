@@ -3,7 +3,6 @@
 //!
 //! Everything here is synchronous and runs under the store's lock (see `state`).
 
-use crate::breaks::{self, Break};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -12,6 +11,8 @@ use serde_json::Value;
 use tether::cloud::proto::Encoding;
 use tether::cloud::wire::{CommandResult, Event};
 use tokio::sync::Notify;
+
+use crate::breaks::{self, Break};
 
 /// Events kept per gateway; older ones are dropped first.
 const MAX_EVENTS: usize = 100_000;
@@ -157,12 +158,12 @@ impl Gateway {
     /// commands the gateway no longer knows about: no result and not in `pending`. That is
     /// how a response lost with its connection gets resent. Returns whether any moved.
     pub fn requeue_lost(&mut self, pending: &[String]) -> bool {
+        if breaks::on(Break::NoResend) {
+            return false;
+        }
         let mut pending: HashSet<&str> = pending.iter().map(String::as_str).collect();
         if breaks::on(Break::ResendPending) {
             pending.clear();
-        }
-        if breaks::on(Break::NoResend) {
-            return false;
         }
         let mut lost = Vec::new();
         let mut kept = Vec::new();
