@@ -20,7 +20,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::header::HeaderValue;
@@ -33,12 +32,14 @@ use crate::cloud::driver::{Driver, Reconfigure, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
-use crate::config::{Config, TransportKind, reload};
+use crate::config::{Config, reload};
+use crate::fleet::{self, Fleet, FleetHandle, Live, Store};
 use crate::health::Health;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
 use crate::router::Router;
-use crate::systemd::{self, Watched};
+use crate::status::{self, Watched};
+use crate::systemd;
 use crate::transport::{Transports, mqtt};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,11 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("mqtt TLS listener: {0}")]
     MqttTls(SetupError),
+    #[error("metrics.listen {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon.
@@ -59,10 +65,11 @@ pub struct App {
     pub mqtt: mqtt::MqttHandle,
     pub outbox: Arc<Outbox>,
     pub router: Router,
-    ble: Option<crate::transport::ble::BleHandle>,
     journal: Journal,
     watched: Arc<Watched>,
-    /// The configuration in force (fields that need a restart keep their start value).
+    fleet: FleetHandle,
+    /// The file's configuration in force (fields that need a restart keep their start
+    /// value); the cloud-managed entries are laid over it by the fleet task.
     config: Config,
     token: Option<HeaderValue>,
     /// What the cloud identity files held when the uplink was built (see `identity_files`).
@@ -108,12 +115,34 @@ fn identity_files(cloud: &crate::config::CloudConfig) -> u64 {
     h.finish()
 }
 
-fn count(config: &Config, kind: TransportKind) -> usize {
-    config
-        .appliances
-        .iter()
-        .filter(|a| a.transport == kind)
-        .count()
+/// Starts the control socket (`gateway.control_socket`). The daemon runs without it if it
+/// cannot be made: it is for people, not for the appliances or the cloud.
+fn control_socket(
+    config: &Config,
+    watched: &Arc<Watched>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let path = &config.gateway.control_socket;
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    match status::socket::bind(path) {
+        Ok(listener) => {
+            log::info!("control socket at {}", path.display());
+            tracker.spawn(status::socket::serve(
+                listener,
+                path.clone(),
+                watched.clone(),
+                tracker.clone(),
+                cancel.clone(),
+            ));
+        }
+        Err(e) => log::error!(
+            "no control socket ({}: {e}); `tetherd status` and `tetherd metrics` will not answer",
+            path.display()
+        ),
+    }
 }
 
 /// The session's timing knobs from `[cloud]` (also used by the fuzz harness).
@@ -142,6 +171,28 @@ impl App {
             config.state.sync,
             config.state.max_journal_bytes,
         )?;
+        // What runs: the file, with what the cloud put laid over it (`fleet`).
+        let (store, store_error) = match Store::load(&config.gateway.state_dir) {
+            Ok(store) => (store, None),
+            Err(e) => {
+                log::error!(
+                    "cloud-managed entries not loaded, and left as they are: {e}; gateway commands that change them are refused until it is fixed"
+                );
+                (Store::empty(&config.gateway.state_dir), Some(e))
+            }
+        };
+        let (running, ignored) = store.overlay(config);
+        for i in &ignored {
+            log::warn!(
+                "cloud-managed {} {:?} not in force: {}",
+                i.kind,
+                i.id,
+                i.why
+            );
+        }
+        let view = fleet::view(config, &running, ignored, store_error.clone());
+        let file_config = config;
+        let config = &running;
         log::info!(
             "journal open: {} result(s) owed, {} command(s) left unfinished by the last stop",
             recovery.owed,
@@ -196,9 +247,6 @@ impl App {
             &tracker,
             cancel.clone(),
         );
-        // Before the first poll: what the last run left is queued ahead of anything new for
-        // the same appliance, and listed in that poll's `pending`.
-        router.recover(recovery.running).await;
         let session = Session::new(session_config(config), Instant::now(), fastrand::Rng::new());
         let health = Arc::new(Health::default());
         let (reload, reload_rx) = mpsc::channel(4);
@@ -213,15 +261,47 @@ impl App {
             reload: reload_rx,
         };
         tracker.spawn(driver.run(drain.clone(), cancel.clone()));
-        let watched = Arc::new(Watched {
+        let watched = Arc::new(Watched::new(
             health,
+            router.clone(),
+            mqtt.clone(),
+            outbox.clone(),
+            journal.clone(),
+            config,
+            view,
+        ));
+        let (fleet, inbox) = fleet::channel();
+        let live = Live {
             router: router.clone(),
             mqtt: mqtt.clone(),
-            outbox: outbox.clone(),
-            mqtt_appliances: AtomicUsize::new(count(config, TransportKind::Mqtt)),
-            ble_appliances: AtomicUsize::new(count(config, TransportKind::Ble)),
-        });
+            ble: ble.clone(),
+            watched: watched.clone(),
+        };
+        let task = Fleet {
+            file: file_config.clone(),
+            store,
+            store_error,
+            live,
+        };
+        tracker.spawn(task.run(inbox, cancel.clone()));
+        router.set_gateway(Arc::new(fleet.clone()));
+        // Before the first poll: what the last run left is queued ahead of anything new for
+        // the same appliance, and listed in that poll's `pending`.
+        router.recover(recovery.running).await;
         tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
+        control_socket(config, &watched, &tracker, &cancel);
+        if let Some(addr) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Metrics { addr, source })?;
+            log::info!("metrics served on http://{addr}/metrics");
+            tracker.spawn(status::socket::serve_metrics(
+                listener,
+                watched.clone(),
+                tracker.clone(),
+                cancel.clone(),
+            ));
+        }
         log::info!(
             "tetherd {} started: gateway {}, cloud {}, {} appliance(s)",
             env!("CARGO_PKG_VERSION"),
@@ -234,10 +314,10 @@ impl App {
             mqtt,
             outbox,
             router,
-            ble,
             journal,
             watched,
-            config: config.clone(),
+            fleet,
+            config: file_config.clone(),
             token,
             identity,
             reload,
@@ -264,21 +344,9 @@ impl App {
         let old = &self.config;
         let mut new = merged.config;
         crate::logging::set_level(new.log.level_filter());
-        match (&self.ble, new.has_ble()) {
-            (Some(ble), _) => ble.reconfigure(&new),
-            (None, true) => log::warn!(
-                "reload: the first BLE appliances take effect at the next restart (the BLE transport starts only then)"
-            ),
-            (None, false) => {}
-        }
-        self.router.reconfigure(&new);
-        self.mqtt.reconfigure(&new);
-        self.watched
-            .mqtt_appliances
-            .store(count(&new, TransportKind::Mqtt), Ordering::Relaxed);
-        self.watched
-            .ble_appliances
-            .store(count(&new, TransportKind::Ble), Ordering::Relaxed);
+        // The router's limits and the MQTT rates come with the appliances: the fleet task
+        // lays the cloud-managed entries over the new file and applies the result.
+        self.fleet.file_changed(new.clone()).await;
         let token = match tls::load_token(&new.cloud) {
             Ok(t) => t,
             Err(e) => {
@@ -310,7 +378,7 @@ impl App {
             log::warn!("reload: the uplink is stopping; cloud settings not applied");
         }
         log::info!(
-            "configuration reloaded: {} appliance(s), {} group(s)",
+            "configuration reloaded: {} appliance(s), {} group(s) in the file",
             new.appliances.len(),
             new.groups.len()
         );

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Modules import downwards only (`tests/layering.rs`): `config` and `cloud::wire` at the
-//! bottom; `journal`, `outbox`; `transport`; `router`; the cloud link; `app` at the top.
+//! bottom; `journal`, `outbox`; `transport`; `router`; the cloud link and `health`;
+//! `status`; `fleet`; `app` at the top.
 //!
 //! - [`config`]: the TOML file, parsed strictly, one file per section.
 //! - [`cloud`]: protocol types ([`cloud::wire`]), the sans-IO session ([`cloud::session`]),
@@ -20,6 +21,9 @@
 //! - [`transport`]: the appliance side; [`transport::mqtt`] is the daemon's own endpoint.
 //! - [`journal`]: commands and results on disk before they are acted on or owed.
 //! - [`outbox`]: results and events owed to the cloud.
+//! - [`fleet`]: gateway commands (`$gateway`): cloud-managed appliances and groups over
+//!   the file's.
+//! - [`status`]: the STATUS line, `tetherd status`, the metrics and the control socket.
 //! - [`app`]: wiring, signals and ordered shutdown.
 
 pub mod app;
@@ -33,6 +37,7 @@ pub mod demo;
 mod fault;
 // Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md);
 // only a build with the `fuzzing` feature has them.
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -41,5 +46,6 @@ pub mod journal;
 pub mod logging;
 pub mod outbox;
 pub mod router;
+pub mod status;
 pub mod systemd;
 pub mod transport;

@@ -1,7 +1,9 @@
 //! `tetherd`: the command line.
 //!
 //! `tetherd [--config PATH]` runs the daemon; `check-config` validates a file and exits 78
-//! (EX_CONFIG) listing every problem; `demo` runs a self-contained round trip (a build
+//! (EX_CONFIG) listing every problem; `status` and `metrics` ask the running daemon over
+//! its control socket (69, EX_UNAVAILABLE, when none answers); `diagnose` checks what a
+//! support engineer would; `demo` runs a self-contained round trip (a build
 //! without the `devcloud` feature, such as the .deb's, has no demo and exits 69). Config
 //! errors are printed before the daemon starts, and exit 78 so systemd does not restart
 //! a daemon that cannot work (`RestartPreventExitStatus=78`).
@@ -20,8 +22,7 @@ const EX_CONFIG: u8 = 78;
 const EX_OSERR: u8 = 71;
 /// sysexits.h EX_SOFTWARE.
 const EX_SOFTWARE: u8 = 70;
-/// sysexits.h EX_UNAVAILABLE: `demo` in a build that has none.
-#[cfg(not(feature = "devcloud"))]
+/// sysexits.h EX_UNAVAILABLE: no daemon answers; `demo` in a build that has none.
 const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
@@ -54,6 +55,21 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Ask the running daemon how it is: the cloud link, each appliance, the journal.
+    Status {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: gateway.control_socket of the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Print the running daemon's metrics (Prometheus text format).
+    Metrics {
+        /// The control socket (default: gateway.control_socket of the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +93,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Cmd::Status { json, socket }) => ask(&cli.config, socket, "status", |answer| {
+            if json {
+                return Ok(answer.to_owned());
+            }
+            serde_json::from_str(answer)
+                .map(|v| tether::status::render(&v))
+                .map_err(|e| format!("the daemon's answer is not a status snapshot: {e}"))
+        }),
+        Some(Cmd::Metrics { socket }) => ask(&cli.config, socket, "metrics", |answer| {
+            Ok(answer.to_owned())
+        }),
         Some(Cmd::Demo) => demo(),
         None => {
             let config = match load(&cli.config) {
@@ -102,6 +129,52 @@ fn demo() -> ExitCode {
         "tetherd: this build has no demo (it is built without the reference cloud); build from source with the default features to run it: cargo build --release && target/release/tetherd demo"
     );
     ExitCode::from(EX_UNAVAILABLE)
+}
+
+/// Asks the running daemon over its control socket and prints the answer as `show` makes
+/// it. The socket is `--socket`, else the config's, else the default.
+fn ask(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    request: &str,
+    show: impl Fn(&str) -> Result<String, String>,
+) -> ExitCode {
+    let path = socket.unwrap_or_else(|| match Config::load(config) {
+        Ok(c) => c.gateway.control_socket,
+        Err(_) => PathBuf::from("/run/tether/control.sock"),
+    });
+    if path.as_os_str().is_empty() {
+        eprintln!(
+            "tetherd: gateway.control_socket is \"\" in {}: the daemon has no control socket",
+            config.display()
+        );
+        return ExitCode::from(EX_UNAVAILABLE);
+    }
+    match tether::status::socket::ask(&path, request) {
+        Ok(answer) => match show(&answer) {
+            Ok(text) => {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tetherd: {e}");
+                ExitCode::from(EX_SOFTWARE)
+            }
+        },
+        Err(tether::status::socket::AskError::NotRunning { path }) => {
+            eprintln!(
+                "tetherd: not running (nothing answers on {path}; `systemctl status tetherd` tells more)"
+            );
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("tetherd: {e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -164,9 +237,46 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.appliances.len(),
                 c.groups.len()
             );
+            show_sources(&c);
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// The entries in force and where each comes from: the file, or the cloud (the store in
+/// the state directory, when this user may read it).
+fn show_sources(file: &Config) {
+    use tether::fleet::{Store, view};
+    let store = match Store::load(&file.gateway.state_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            println!("cloud-managed entries: not read ({e})");
+            return;
+        }
+    };
+    let (running, ignored) = store.overlay(file);
+    let v = view(file, &running, ignored, None);
+    let cloud = v.appliances.iter().filter(|a| a.source == "cloud").count();
+    if cloud == 0 && v.ignored.is_empty() && v.groups.iter().all(|g| g.source == "file") {
+        println!("cloud-managed entries: none ({})", store.path().display());
+        return;
+    }
+    println!(
+        "entries in force (source: file, or cloud = {}):",
+        store.path().display()
+    );
+    for a in &v.appliances {
+        println!("  appliance {:<24} {:<4} {}", a.id, a.transport, a.source);
+    }
+    for g in &v.groups {
+        println!("  group     {:<24}      {}", g.name, g.source);
+    }
+    for i in &v.ignored {
+        println!(
+            "  not in force: cloud-managed {} {}: {}",
+            i.kind, i.id, i.why
+        );
     }
 }
 

@@ -12,12 +12,13 @@
 //! Events are held in memory, bounded, oldest dropped and counted.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::cloud::wire::{CommandResult, Event};
+use crate::cloud::wire::{CommandResult, Event, Status};
 use crate::journal::Journal;
 
 /// Most resent ids remembered for priority; more wait for the normal order.
@@ -29,6 +30,8 @@ pub struct Outbox {
     /// Woken whenever a result or event is pushed, so the driver can flush early.
     changed: Notify,
     max_events: usize,
+    /// Results made since the start (the metrics).
+    counts: ResultCounts,
 }
 
 #[derive(Default)]
@@ -58,7 +61,12 @@ impl Outbox {
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             max_events: max_events.max(1),
+            counts: ResultCounts::default(),
         }
+    }
+
+    pub fn result_counts(&self) -> &ResultCounts {
+        &self.counts
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -81,6 +89,7 @@ impl Outbox {
         self: &Arc<Self>,
         result: CommandResult,
     ) -> impl Future<Output = ()> + Send + 'static {
+        self.counts.record(result.status, result.duration_ms);
         // Queued before it is visible: an ack of it reaches the journal after the record.
         let recorded = self.journal.record_result(result.clone());
         let id = result.command_id.clone();
@@ -245,6 +254,65 @@ impl Outbox {
     /// Results owed (not yet acked).
     pub fn owed(&self) -> usize {
         self.journal.owed_count() + self.lock().spilled.len()
+    }
+}
+
+/// Upper bounds (seconds) of the command duration histogram's buckets: from a LAN round
+/// trip to a command that waited minutes for its appliance.
+pub const BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
+];
+
+pub const STATUSES: [Status; 8] = [
+    Status::Ok,
+    Status::Error,
+    Status::Timeout,
+    Status::Unreachable,
+    Status::Expired,
+    Status::Rejected,
+    Status::Interrupted,
+    Status::Partial,
+];
+
+/// Results made since the start, by status, and their durations (accepted to result).
+#[derive(Debug, Default)]
+pub struct ResultCounts {
+    by_status: [AtomicU64; 8],
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+impl ResultCounts {
+    pub fn by_status(&self) -> [u64; 8] {
+        std::array::from_fn(|i| self.by_status[i].load(Ordering::Relaxed))
+    }
+
+    /// Cumulative, one per [`BUCKETS`] bound.
+    pub fn buckets(&self) -> [u64; 12] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_ms(&self) -> u64 {
+        self.sum_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn record(&self, status: Status, duration_ms: u64) {
+        let i = STATUSES.iter().position(|s| *s == status).unwrap_or(0);
+        self.by_status[i].fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        let secs = duration_ms as f64 / 1000.0;
+        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
+            if secs <= bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(duration_ms, Ordering::Relaxed);
     }
 }
 

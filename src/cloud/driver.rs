@@ -23,7 +23,7 @@ use super::batch::{ResultsRefused, Sizes, narrow_events, narrow_results};
 use super::client::{Endpoint, RequestError};
 use super::session::{Action, Failure, LinkState, Session, SessionConfig};
 use super::wire::{Event, PollRequest, PollResponse, ResultsRequest, ResultsResponse};
-use crate::health::{BEAT_INTERVAL, Health};
+use crate::health::{BEAT_INTERVAL, Health, RequestKind};
 use crate::outbox::{Batch, Outbox};
 use crate::router::Router;
 
@@ -213,6 +213,7 @@ impl Driver {
         let now = Instant::now();
         match out {
             Ok(resp) => {
+                self.health.count(RequestKind::Poll, None);
                 turns.sizes.delivered(&batch);
                 let had_commands = !resp.commands.is_empty();
                 // Commands first, so the next poll lists them as pending.
@@ -224,6 +225,7 @@ impl Driver {
             }
             Err(e) => {
                 let failure = self.failed(&mut turns.sizes, &mut batch, &e).await;
+                self.health.count(RequestKind::Poll, Some(failure));
                 self.outbox.settle(batch, &[], false).await;
                 self.session.poll_done(now, Err(failure));
                 if failure == Failure::Refused {
@@ -247,6 +249,7 @@ impl Driver {
         let mut batch = turns.flush_batch.take().unwrap_or_default();
         let ok = match out {
             Ok(resp) => {
+                self.health.count(RequestKind::Results, None);
                 // A cloud that answers 200 but takes none of the results must not be
                 // flushed at again in a tight loop: they wait for the next poll.
                 let progressed = batch.results.is_empty() || !resp.acked.is_empty();
@@ -257,6 +260,7 @@ impl Driver {
             Err(e) => {
                 // Narrowed like a poll's (while stopping, no poll will).
                 let failure = self.failed(&mut turns.sizes, &mut batch, &e).await;
+                self.health.count(RequestKind::Results, Some(failure));
                 log::debug!("early flush failed ({failure:?}), results ride the next request: {e}");
                 self.outbox.settle(batch, &[], false).await;
                 false

@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     /// unit's TimeoutStopSec).
     #[serde(default = "default_stop_grace", with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// The control socket `tetherd status` and `tetherd metrics` ask; empty: none.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
 }
 
 impl Section for GatewayConfig {
@@ -31,11 +34,16 @@ impl Section for GatewayConfig {
         ("id", Apply::Restart),
         ("state_dir", Apply::Restart),
         ("stop_grace", Apply::Restart),
+        ("control_socket", Apply::Restart),
     ];
 }
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tether")
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/tether/control.sock")
 }
 
 fn default_stop_grace() -> Duration {
@@ -56,5 +64,11 @@ impl GatewayConfig {
             v.err(&["gateway", "state_dir"], "must be an absolute path");
         }
         v.at_most("gateway", "stop_grace", self.stop_grace, HOUR, "1h");
+        if !self.control_socket.as_os_str().is_empty() && !self.control_socket.is_absolute() {
+            v.err(
+                &["gateway", "control_socket"],
+                "must be an absolute path (or \"\" for none)",
+            );
+        }
     }
 }

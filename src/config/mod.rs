@@ -21,6 +21,7 @@ pub mod ble;
 mod cloud;
 mod gateway;
 mod log;
+mod metrics;
 mod mqtt;
 pub mod reload;
 mod router;
@@ -32,6 +33,7 @@ pub use appliance::{ApplianceConfig, COMMON_KEYS, Offline, TransportKind, check_
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
 pub use cloud::{CloudConfig, WireEncoding};
 pub use gateway::GatewayConfig;
+pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
 pub use router::RouterConfig;
 pub use state::{StateConfig, SyncMode};
@@ -45,6 +47,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub state: StateConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub ble: BleConfig,
     pub appliances: Vec<ApplianceConfig>,
     pub groups: BTreeMap<String, Vec<String>>,
@@ -76,7 +79,7 @@ pub trait Section: Serialize + DeserializeOwned + Clone {
 /// The sections, in the order the example file documents them (the parser's match lists
 /// them again; a test keeps the two the same).
 pub(crate) const SECTIONS: &str =
-    "gateway, cloud, mqtt, router, state, ble, log, appliance, groups";
+    "gateway, cloud, mqtt, router, state, ble, log, metrics, appliance, groups";
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +126,7 @@ struct Parts {
     router: Option<RouterConfig>,
     state: Option<StateConfig>,
     log: Option<LogConfig>,
+    metrics: Option<MetricsConfig>,
     ble: Option<BleConfig>,
     appliances: Vec<(usize, ApplianceConfig)>,
     /// Every appliance id the file names, also those of entries refused.
@@ -168,29 +172,10 @@ impl Config {
                 "router" => p.router = doc.section(name, value),
                 "state" => p.state = doc.section(name, value),
                 "log" => p.log = doc.section(name, value),
+                "metrics" => p.metrics = doc.section(name, value),
                 "ble" => p.ble = doc.section(name, value),
                 "groups" => p.groups = doc.section(name, value).unwrap_or_default(),
-                "appliance" => match value.get_ref() {
-                    DeValue::Array(items) => {
-                        for (i, item) in items.iter().enumerate() {
-                            if let DeValue::Table(t) = item.get_ref()
-                                && let Some((_, id)) = t.iter().find(|(k, _)| k.get_ref() == "id")
-                                && let DeValue::String(id) = id.get_ref()
-                            {
-                                p.declared.insert(id.to_string());
-                            }
-                            let key = format!("appliance[{i}]");
-                            if let Some(a) = doc.section::<ApplianceConfig>(&key, item) {
-                                p.appliances.push((i, a));
-                            }
-                        }
-                    }
-                    _ => doc.problem(
-                        name,
-                        value.span(),
-                        "must be an array of tables ([[appliance]])",
-                    ),
-                },
+                "appliance" => read_appliances(&mut doc, value, &mut p),
                 other => doc.problem(
                     other,
                     key.span(),
@@ -210,6 +195,7 @@ impl Config {
         let router = p.router.unwrap_or_default();
         let state = p.state.unwrap_or_default();
         let log = p.log.unwrap_or_default();
+        let metrics = p.metrics.unwrap_or_default();
         let ble = p.ble.unwrap_or_default();
         let mut v = spans::Checker {
             doc: &mut doc,
@@ -225,6 +211,7 @@ impl Config {
         router.check(&mut v);
         state.check(&mut v);
         log.check(&mut v);
+        metrics.check(&mut v);
         ble.check(&mut v, &p.appliances);
         appliance::check_appliances(&mut v, &p.appliances);
         appliance::check_groups(&mut v, &p.groups, &p.declared);
@@ -236,6 +223,7 @@ impl Config {
                 router,
                 state,
                 log,
+                metrics,
                 ble,
                 appliances: p.appliances.into_iter().map(|(_, a)| a).collect(),
                 groups: p.groups,
@@ -246,6 +234,84 @@ impl Config {
 
     pub fn appliance(&self, id: &str) -> Option<&ApplianceConfig> {
         self.appliances.iter().find(|a| a.id == id)
+    }
+
+    /// Parses a text that holds only `[[appliance]]` tables and a `[groups]` table (the
+    /// cloud-managed entries, the `fleet` module), by the rules the file's own entries obey.
+    /// Groups may also name the appliances in `known` (the file's).
+    pub fn parse_entries(text: &str, known: &HashSet<String>) -> Result<Entries, Vec<Problem>> {
+        let mut doc = spans::Doc::new(text);
+        let root = match DeTable::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                let line = e.span().map(|s| doc.line_of(s.start));
+                return Err(vec![Problem {
+                    key: String::new(),
+                    line,
+                    message: e.message().to_owned(),
+                }]);
+            }
+        };
+        let root = root.get_ref();
+        let mut p = Parts::default();
+        for (key, value) in root.iter() {
+            match key.get_ref().as_ref() {
+                "groups" => p.groups = doc.section("groups", value).unwrap_or_default(),
+                "appliance" => read_appliances(&mut doc, value, &mut p),
+                other => doc.problem(
+                    other,
+                    key.span(),
+                    "only [[appliance]] and [groups] belong here",
+                ),
+            }
+        }
+        p.declared.extend(known.iter().cloned());
+        let mut v = spans::Checker {
+            doc: &mut doc,
+            root,
+        };
+        BleConfig::default().check(&mut v, &p.appliances);
+        appliance::check_appliances(&mut v, &p.appliances);
+        appliance::check_groups(&mut v, &p.groups, &p.declared);
+        if !doc.is_clean() {
+            return Err(doc.into_problems());
+        }
+        Ok(Entries {
+            appliances: p.appliances.into_iter().map(|(_, a)| a).collect(),
+            groups: p.groups,
+        })
+    }
+}
+
+/// Appliances and groups on their own: what [`Config::parse_entries`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct Entries {
+    pub appliances: Vec<ApplianceConfig>,
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// `[[appliance]]`: each table deserialized on its own, and every id it names noted (also
+/// of an entry refused for another reason).
+fn read_appliances(doc: &mut spans::Doc<'_>, value: &toml::Spanned<DeValue<'_>>, p: &mut Parts) {
+    let DeValue::Array(items) = value.get_ref() else {
+        doc.problem(
+            "appliance",
+            value.span(),
+            "must be an array of tables ([[appliance]])",
+        );
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        if let DeValue::Table(t) = item.get_ref()
+            && let Some((_, id)) = t.iter().find(|(k, _)| k.get_ref() == "id")
+            && let DeValue::String(id) = id.get_ref()
+        {
+            p.declared.insert(id.to_string());
+        }
+        let key = format!("appliance[{i}]");
+        if let Some(a) = doc.section::<ApplianceConfig>(&key, item) {
+            p.appliances.push((i, a));
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub fn merge(running: &Config, new: Config) -> Merged {
     m.config.router = m.section(&running.router, new.router);
     m.config.state = m.section(&running.state, new.state);
     m.config.log = m.section(&running.log, new.log);
+    m.config.metrics = m.section(&running.metrics, new.metrics);
     m.config.ble = m.section(&running.ble, new.ble);
     m.config.appliances = new.appliances;
     m.config.groups = new.groups;

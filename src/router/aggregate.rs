@@ -24,6 +24,14 @@ impl Shared {
     ) {
         let result = {
             let mut state = self.lock();
+            if item.target != super::GATEWAY_TARGET {
+                let tally = state.tallies.entry(item.target.clone()).or_default();
+                if item.status == Status::Ok {
+                    tally.0 += 1;
+                } else {
+                    tally.1 += 1;
+                }
+            }
             let Some(p) = state.pending.get_mut(command_id) else {
                 return;
             };

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::worker::Worker;
-use super::{Job, Pending, Router, millis};
+use super::{GATEWAY_TARGET, Job, Pending, Router, millis};
 use crate::cloud::proto;
 use crate::cloud::wire::{
     Command, CommandResult, Event, ItemResult, MAX_COMMAND_ID, Status, Target,
@@ -33,7 +33,11 @@ impl Router {
     pub async fn submit(&self, commands: Vec<Value>) {
         let now = Instant::now();
         let mut entries = Vec::with_capacity(commands.len());
-        for raw in commands {
+        for mut raw in commands {
+            if let Some(fleet) = self.shared.gateway.get() {
+                // A password in a gateway command is hashed before the journal sees it.
+                fleet.seal(&mut raw).await;
+            }
             let id = raw
                 .get("id")
                 .and_then(Value::as_str)
@@ -172,6 +176,11 @@ impl Router {
             Ok(p) => p,
             Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
         };
+        if matches!(&cmd.target, Target::One(t) if t == GATEWAY_TARGET) {
+            return self
+                .gateway_command(cmd, payload, now, waited, deadline)
+                .await;
+        }
         let targets = match self.validate(&routing, &cmd, &payload) {
             Ok(t) => t,
             Err(why) => return self.finish_now(&cmd.id, now, Status::Rejected, why).await,
@@ -277,6 +286,52 @@ impl Router {
             };
             self.shared.complete_item(&cmd.id, index, item).await;
         }
+    }
+
+    /// A command for the gateway itself (the `fleet` module): run at once, before the next
+    /// command of the same poll is taken, so a command for an appliance that the one
+    /// before it added finds it.
+    async fn gateway_command(
+        &self,
+        cmd: Command,
+        payload: Payload,
+        now: Instant,
+        waited: Duration,
+        deadline: Option<Instant>,
+    ) {
+        if cmd.ttl_ms == Some(0) || deadline.is_some_and(|d| d <= now) {
+            let why = "ttl ran out before the gateway command ran".to_owned();
+            return self.finish_now(&cmd.id, now, Status::Expired, why).await;
+        }
+        let Payload::Json(payload) = payload else {
+            let why = "a gateway command's payload is JSON, not raw bytes".to_owned();
+            return self.finish_now(&cmd.id, now, Status::Rejected, why).await;
+        };
+        let Some(fleet) = self.shared.gateway.get() else {
+            let why = "this gateway takes no gateway commands".to_owned();
+            return self.finish_now(&cmd.id, now, Status::Rejected, why).await;
+        };
+        let op = payload
+            .get("op")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let Some(reply) = fleet.call(payload).await else {
+            // Stopping: it did not run; it stays unanswered in the journal and runs at
+            // the next start.
+            return;
+        };
+        log::info!(command_id = cmd.id.as_str(), op = op.as_str(), status = reply.status.as_str();
+            "gateway command finished");
+        let result = CommandResult {
+            command_id: cmd.id.clone(),
+            status: reply.status,
+            payload: reply.payload,
+            error: reply.error,
+            items: None,
+            duration_ms: millis(waited + now.elapsed()),
+        };
+        self.shared.outbox.push_result(result).await;
     }
 
     /// A command without a usable id cannot be answered: report it as an event.

@@ -28,7 +28,7 @@
 //! ids, capacity, idle).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -36,7 +36,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cloud::wire::ItemResult;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::cloud::wire::{ItemResult, Status};
 use crate::config::{Config, Offline, RouterConfig, TransportKind};
 use crate::journal::Journal;
 use crate::outbox::Outbox;
@@ -48,6 +51,28 @@ mod targets;
 #[cfg(test)]
 mod tests;
 mod worker;
+
+/// The target that addresses the gateway itself (the `fleet` module answers).
+pub const GATEWAY_TARGET: &str = "$gateway";
+
+/// How a gateway command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayReply {
+    pub status: Status,
+    pub payload: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// What the router asks of the gateway itself for a command addressed to
+/// [`GATEWAY_TARGET`]; the `fleet` module implements it, and `app` hands it over
+/// ([`Router::set_gateway`]). Without one, such commands are rejected.
+pub trait Gateway: Send + Sync {
+    /// Runs the command's operation; `None` when it did not run (the gateway stops).
+    fn call(&self, payload: Value) -> BoxFuture<'_, Option<GatewayReply>>;
+    /// Replaces what must not reach the journal in clear (a password) in a command as
+    /// received, before it is journalled.
+    fn seal<'a>(&'a self, command: &'a mut Value) -> BoxFuture<'a, ()>;
+}
 
 /// Shared handle to the router.
 #[derive(Clone)]
@@ -65,6 +90,7 @@ struct Shared {
     outbox: Arc<Outbox>,
     journal: Journal,
     transports: Transports,
+    gateway: OnceLock<Arc<dyn Gateway>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -84,6 +110,18 @@ struct State {
     lanes: HashMap<String, VecDeque<Job>>,
     /// The job each lane's worker runs now (taken off its lane).
     heads: HashMap<String, Head>,
+    /// Each appliance's finished parts of commands since the start: (ok, not ok).
+    tallies: HashMap<String, (u64, u64)>,
+}
+
+/// One appliance's work, for `tetherd status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplianceWork {
+    /// Commands queued for it, the one it runs or holds included.
+    pub queued: usize,
+    /// Its parts of commands that ended `ok`, and otherwise, since the start.
+    pub done: u64,
+    pub failed: u64,
 }
 
 struct Head {
@@ -137,6 +175,7 @@ impl Router {
             outbox,
             journal,
             transports,
+            gateway: OnceLock::new(),
             tracker: tracker.clone(),
             cancel,
         });
@@ -165,6 +204,11 @@ impl Router {
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
     }
 
+    /// Who answers commands for the gateway itself; set once, before the first poll.
+    pub fn set_gateway(&self, gateway: Arc<dyn Gateway>) {
+        let _ = self.shared.gateway.set(gateway);
+    }
+
     /// Commands accepted and not finished.
     pub fn pending_count(&self) -> usize {
         self.shared.lock().pending.len()
@@ -187,6 +231,24 @@ impl Router {
             }
             notified.await;
         }
+    }
+
+    /// Every appliance's queue and tallies (those with neither are left out).
+    pub fn appliance_work(&self) -> HashMap<String, ApplianceWork> {
+        let state = self.shared.lock();
+        let mut out: HashMap<String, ApplianceWork> = HashMap::new();
+        for (id, lane) in &state.lanes {
+            out.entry(id.clone()).or_default().queued += lane.len();
+        }
+        for id in state.heads.keys() {
+            out.entry(id.clone()).or_default().queued += 1;
+        }
+        for (id, (done, failed)) in &state.tallies {
+            let w = out.entry(id.clone()).or_default();
+            w.done = *done;
+            w.failed = *failed;
+        }
+        out
     }
 
     /// Command ids received and not finished.

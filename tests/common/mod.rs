@@ -389,8 +389,9 @@ pub fn config_with_mqtt(
     extra: &str,
 ) -> PathBuf {
     let mut text = format!(
-        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\n{mqtt}\n",
+        "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n[cloud]\nurl = \"{}\"\nca_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\n{mqtt}\n",
         dir.join("state").display(),
+        dir.join("control.sock").display(),
         cloud.url(),
         cloud.ca_file().display()
     );

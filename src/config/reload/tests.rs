@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{
-    BleConfig, COMMON_KEYS, CloudConfig, GatewayConfig, LogConfig, MqttConfig, RouterConfig,
-    StateConfig, ble,
+    BleConfig, COMMON_KEYS, CloudConfig, GatewayConfig, LogConfig, MetricsConfig, MqttConfig,
+    RouterConfig, StateConfig, ble,
 };
 
 const EXAMPLE: &str = include_str!("../../../config.example.toml");
@@ -40,6 +40,7 @@ fn every_key_of_every_section_is_classified() {
     wrong.extend(check_section(&c.router));
     wrong.extend(check_section(&c.state));
     wrong.extend(check_section(&c.log));
+    wrong.extend(check_section(&c.metrics));
     wrong.extend(check_section(&c.ble));
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
@@ -77,6 +78,7 @@ fn every_key_of_the_example_file_is_classified() {
             "router" => RouterConfig::apply_of(key).is_some(),
             "state" => StateConfig::apply_of(key).is_some(),
             "log" => LogConfig::apply_of(key).is_some(),
+            "metrics" => MetricsConfig::apply_of(key).is_some(),
             "ble" => BleConfig::apply_of(key).is_some(),
             // Appliances and groups apply live as a whole.
             "appliance" => {

@@ -30,7 +30,7 @@ pub mod limits;
 pub mod tls;
 pub mod topic;
 
-pub use hub::{Sessions, Stats};
+pub use hub::{Presence, Sessions, Stats};
 
 /// Bytes of MQTT framing allowed on top of `max_payload` (fixed header, topic, packet id).
 const FRAMING_ALLOWANCE: usize = 1024;
@@ -51,6 +51,11 @@ impl MqttHandle {
     /// Appliances connected and not reporting offline.
     pub fn online(&self) -> usize {
         self.hub.online()
+    }
+
+    /// Every configured appliance's presence, by id.
+    pub fn presence(&self) -> HashMap<String, Presence> {
+        self.hub.presence_map()
     }
 
     pub fn stats(&self) -> &Stats {

@@ -20,6 +20,7 @@ use crate::transport::mqtt::topic::{self, ResultMessage};
 impl Hub {
     /// An allowed or denied PUBLISH from appliance `id`.
     pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) {
+        self.seen(id);
         match topic::classify_publish(&self.prefix, id, topic_name) {
             None => self.deny(id, &format!("publish to {topic_name:?}")),
             Some(topic::Inbound::Result) => self.result(id, payload),
@@ -146,6 +147,7 @@ impl Hub {
         let changed = match self.lock().get_mut(id) {
             Some(slot) if slot.reported_offline != offline => {
                 slot.reported_offline = offline;
+                slot.since = Some(std::time::SystemTime::now());
                 if !offline {
                     // Commands waiting for it may go now.
                     slot.ready.notify_waiters();

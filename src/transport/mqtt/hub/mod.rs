@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{LastWill, Publish};
@@ -99,6 +100,18 @@ struct Slot {
     /// configuration: what a command waiting for it waits on. One per appliance, so a
     /// hundred sleeping appliances do not all re-check at every connect.
     ready: Arc<Notify>,
+    /// When it last came online or went offline (connected or not, reported or not).
+    since: Option<SystemTime>,
+    /// When it last connected, published or left.
+    last_seen: Option<SystemTime>,
+}
+
+/// One appliance's presence, for `tetherd status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    pub online: bool,
+    pub since: Option<SystemTime>,
+    pub last_seen: Option<SystemTime>,
 }
 
 struct ConnRef {
@@ -251,6 +264,9 @@ impl Hub {
         }
         slot.persistent = !clean_session;
         slot.reported_offline = false;
+        let now = SystemTime::now();
+        slot.since = Some(now);
+        slot.last_seen = Some(now);
         slot.conn = Some(ConnRef {
             tx,
             kick,
@@ -277,6 +293,9 @@ impl Hub {
                 return; // already replaced by a newer connection
             }
             slot.conn = None;
+            let now = SystemTime::now();
+            slot.since = Some(now);
+            slot.last_seen = Some(now);
             if !slot.persistent {
                 slot.subscription = None;
             }
@@ -321,6 +340,28 @@ impl Hub {
             kind: kind.to_owned(),
             payload: Value::Null,
         });
+    }
+
+    /// Every configured appliance's presence.
+    pub fn presence_map(&self) -> HashMap<String, Presence> {
+        self.lock()
+            .iter()
+            .map(|(id, s)| {
+                let p = Presence {
+                    online: s.conn.is_some() && !s.reported_offline,
+                    since: s.since,
+                    last_seen: s.last_seen,
+                };
+                (id.clone(), p)
+            })
+            .collect()
+    }
+
+    /// Notes that appliance `id` was heard from.
+    pub(super) fn seen(&self, id: &str) {
+        if let Some(slot) = self.lock().get_mut(id) {
+            slot.last_seen = Some(SystemTime::now());
+        }
     }
 
     /// Appliances connected and not reporting offline.

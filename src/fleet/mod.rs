@@ -1,0 +1,592 @@
+//! Gateway commands: the cloud manages this gateway's appliances and groups, and asks how
+//! it is doing, with commands addressed to [`TARGET`] (`$gateway`, docs/protocol.md).
+//!
+//! One task owns the configuration's two sources: the file (the operator's, replaced on
+//! reload by `app`) and the cloud-managed store (`store.rs`, `managed.toml` in the state
+//! directory). It lays the store over the file ([`Store::overlay`]), applies what results
+//! to the router, the MQTT endpoint and the BLE transport the way a reload does, and
+//! answers gateway commands one at a time, in the order the router hands them over. The
+//! router takes a gateway command like any other (journalled first, deduplicated by id)
+//! and asks this task through a [`FleetHandle`]; the result goes out like any other.
+//!
+//! Precedence: the file is the operator's. A cloud entry cannot replace or remove a file
+//! entry with the same id; one that a later file edit shadows stays stored, is not in
+//! force, and is listed as ignored (`tetherd status`, the `list` operation).
+//! A change is on disk before its result is `ok`; a crash before the result leaves the
+//! command unanswered in the journal, and it runs again at the next start (every
+//! operation gives the same outcome when repeated).
+//! Passwords: a plain one is hashed (Argon2id) by the router before the command is
+//! journalled ([`FleetHandle::seal`]), so it is never on disk in clear.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::wire::Status;
+use crate::config::{Config, TransportKind, check_id};
+use crate::router::{GATEWAY_TARGET, Gateway, GatewayReply, Router};
+use crate::status::{EntryView, GroupView, Ignored, View, Watched};
+use crate::transport::ble::BleHandle;
+use crate::transport::mqtt::MqttHandle;
+
+pub mod store;
+
+pub use store::Store;
+
+/// The target that addresses the gateway itself.
+pub const TARGET: &str = GATEWAY_TARGET;
+
+/// The version of the operation set this gateway speaks (`v` in a gateway command).
+pub const VERSION: u64 = 1;
+
+/// Most appliances and groups the cloud may put (the file's are not counted).
+pub const MAX_APPLIANCES: usize = 512;
+pub const MAX_GROUPS: usize = 128;
+/// Most members of a cloud-managed group.
+pub const MAX_MEMBERS: usize = 512;
+
+const OPS: &str = "put_appliance, remove_appliance, put_group, remove_group, list, status";
+
+type Reply = GatewayReply;
+
+fn ok(payload: Value) -> Reply {
+    Reply {
+        status: Status::Ok,
+        payload: Some(payload),
+        error: None,
+    }
+}
+
+fn rejected(why: impl Into<String>) -> Reply {
+    Reply {
+        status: Status::Rejected,
+        payload: None,
+        error: Some(why.into()),
+    }
+}
+
+fn error(why: impl Into<String>) -> Reply {
+    Reply {
+        status: Status::Error,
+        payload: None,
+        error: Some(why.into()),
+    }
+}
+
+enum Msg {
+    Call {
+        payload: Value,
+        reply: oneshot::Sender<Reply>,
+    },
+    File {
+        config: Box<Config>,
+        done: oneshot::Sender<()>,
+    },
+    StoredHash {
+        id: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
+
+/// How the router and `app` reach the fleet task; cheap to clone.
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Gateway for FleetHandle {
+    fn call(&self, payload: Value) -> BoxFuture<'_, Option<Reply>> {
+        Box::pin(FleetHandle::call(self, payload))
+    }
+
+    fn seal<'a>(&'a self, command: &'a mut Value) -> BoxFuture<'a, ()> {
+        Box::pin(FleetHandle::seal(self, command))
+    }
+}
+
+impl FleetHandle {
+    /// Runs one gateway command's operation. `None`: the gateway is stopping and the
+    /// operation did not run (the command stays unanswered in the journal and runs at
+    /// the next start).
+    pub async fn call(&self, payload: Value) -> Option<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Call { payload, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Hands over the file's configuration after a reload; returns once it applies.
+    pub async fn file_changed(&self, config: Config) {
+        let (done, rx) = oneshot::channel();
+        let msg = Msg::File {
+            config: Box::new(config),
+            done,
+        };
+        if self.tx.send(msg).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Replaces a plain password in a `put_appliance` command (the whole command, as
+    /// received) by its Argon2id hash, before the command is journalled. The same
+    /// password as the stored entry's keeps the stored hash, so putting an entry again
+    /// does not disconnect its appliance.
+    pub async fn seal(&self, command: &mut Value) {
+        if command.get("target").and_then(Value::as_str) != Some(TARGET) {
+            return;
+        }
+        let Some(payload) = command.get_mut("payload") else {
+            return;
+        };
+        if payload.get("op").and_then(Value::as_str) != Some("put_appliance") {
+            return;
+        }
+        let Some(entry) = payload.get_mut("appliance").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let Some(password) = entry.get("password").and_then(Value::as_str) else {
+            return;
+        };
+        if password.starts_with("$argon2") || password.is_empty() {
+            return;
+        }
+        let password = password.to_owned();
+        let stored = match entry.get("id").and_then(Value::as_str) {
+            Some(id) => {
+                let (reply, rx) = oneshot::channel();
+                let msg = Msg::StoredHash {
+                    id: id.to_owned(),
+                    reply,
+                };
+                match self.tx.send(msg).await {
+                    Ok(()) => rx.await.ok().flatten(),
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let hashed = tokio::task::spawn_blocking(move || {
+            if let Some(stored) = stored
+                && verify(&stored, &password)
+            {
+                return stored;
+            }
+            // A hash that cannot be made must not leave the password in clear: the
+            // entry is then refused as malformed.
+            crate::transport::mqtt::auth::hash(&password)
+                .unwrap_or_else(|_| "$argon2-unavailable".to_owned())
+        })
+        .await
+        .unwrap_or_else(|_| "$argon2-unavailable".to_owned());
+        entry.insert("password".into(), Value::String(hashed));
+    }
+}
+
+fn verify(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    argon2::password_hash::phc::PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Makes the channel: the handle for the router and `app`, and the receiver
+/// [`Fleet::run`] takes.
+pub fn channel() -> (FleetHandle, Inbox) {
+    let (tx, rx) = mpsc::channel(16);
+    (FleetHandle { tx }, Inbox(rx))
+}
+
+/// The receiving end, for [`Fleet::run`].
+pub struct Inbox(mpsc::Receiver<Msg>);
+
+/// The parts a change of appliances and groups applies to.
+pub struct Live {
+    pub router: Router,
+    pub mqtt: MqttHandle,
+    pub ble: Option<BleHandle>,
+    pub watched: Arc<Watched>,
+}
+
+/// Which entries of `running` come from the file, and which from the cloud.
+pub fn view(
+    file: &Config,
+    running: &Config,
+    ignored: Vec<Ignored>,
+    store_error: Option<String>,
+) -> View {
+    let source = |from_file: bool| if from_file { "file" } else { "cloud" };
+    View {
+        appliances: running
+            .appliances
+            .iter()
+            .map(|a| EntryView {
+                id: a.id.clone(),
+                transport: transport_name(a.transport),
+                source: source(file.appliance(&a.id).is_some()),
+            })
+            .collect(),
+        groups: running
+            .groups
+            .iter()
+            .map(|(name, members)| GroupView {
+                name: name.clone(),
+                members: members.clone(),
+                source: source(file.groups.contains_key(name)),
+            })
+            .collect(),
+        ignored,
+        store_error,
+    }
+}
+
+pub fn transport_name(kind: TransportKind) -> &'static str {
+    match kind {
+        TransportKind::Mqtt => "mqtt",
+        TransportKind::Ble => "ble",
+    }
+}
+
+impl Live {
+    /// Applies the appliances and groups of `running` (laid over the file) the way a
+    /// reload does. Returns whether part of it waits for a restart (the first BLE
+    /// appliances, when the BLE transport did not start).
+    pub fn apply(&self, running: &Config, view: View) -> bool {
+        let mut restart = false;
+        match (&self.ble, running.has_ble()) {
+            (Some(ble), _) => ble.reconfigure(running),
+            (None, true) => {
+                restart = true;
+                log::warn!(
+                    "the first BLE appliances take effect at the next restart (the BLE transport starts only then)"
+                );
+            }
+            (None, false) => {}
+        }
+        self.router.reconfigure(running);
+        self.mqtt.reconfigure(running);
+        self.watched.set_fleet(running, view);
+        restart
+    }
+}
+
+/// The fleet task's state.
+pub struct Fleet {
+    /// The file's configuration in force.
+    pub file: Config,
+    pub store: Store,
+    /// Why the store could not be read at start (it is then left as it is on disk).
+    pub store_error: Option<String>,
+    pub live: Live,
+}
+
+impl Fleet {
+    /// Answers gateway commands and reloads until `cancel`.
+    pub async fn run(mut self, mut inbox: Inbox, cancel: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => return,
+                msg = inbox.0.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return,
+                },
+            };
+            match msg {
+                Msg::Call { payload, reply } => {
+                    let r = self.call(payload).await;
+                    let _ = reply.send(r);
+                }
+                Msg::File { config, done } => {
+                    self.file = *config;
+                    self.apply();
+                    let _ = done.send(());
+                }
+                Msg::StoredHash { id, reply } => {
+                    let hash = self
+                        .store
+                        .appliances
+                        .get(&id)
+                        .and_then(|t| t.get("password"))
+                        .and_then(toml::Value::as_str)
+                        .map(str::to_owned);
+                    let _ = reply.send(hash);
+                }
+            }
+        }
+    }
+
+    /// What runs now: the store laid over the file.
+    pub fn running(&self) -> (Config, Vec<Ignored>) {
+        self.store.overlay(&self.file)
+    }
+
+    fn apply(&self) -> bool {
+        let (running, ignored) = self.running();
+        for i in &ignored {
+            log::warn!(
+                "cloud-managed {} {:?} not in force: {}",
+                i.kind,
+                i.id,
+                i.why
+            );
+        }
+        let view = self::view(&self.file, &running, ignored, self.store_error.clone());
+        self.live.apply(&running, view)
+    }
+
+    async fn call(&mut self, payload: Value) -> Reply {
+        let op = match payload.get("op") {
+            Some(Value::String(op)) => op.clone(),
+            Some(_) => return rejected("op must be a string"),
+            None => return rejected(format!("a gateway command needs an op ({OPS})")),
+        };
+        match payload.get("v") {
+            None => {}
+            Some(v) if v.as_u64() == Some(VERSION) => {}
+            Some(v) => {
+                return rejected(format!(
+                    "gateway command version {v} is not supported (this gateway speaks {VERSION})"
+                ));
+            }
+        }
+        let changes = matches!(
+            op.as_str(),
+            "put_appliance" | "remove_appliance" | "put_group" | "remove_group"
+        );
+        if changes && let Some(e) = &self.store_error {
+            return error(format!(
+                "the cloud-managed entries could not be read at start ({e}); fix or remove the file and restart"
+            ));
+        }
+        let reply = match op.as_str() {
+            "put_appliance" => self.put_appliance(&payload).await,
+            "remove_appliance" => self.remove_appliance(&payload).await,
+            "put_group" => self.put_group(&payload).await,
+            "remove_group" => self.remove_group(&payload).await,
+            "list" => Ok(self.list()),
+            "status" => Ok(ok(self.live.watched.snapshot_json())),
+            other => Err(format!("unknown op {other:?} (this gateway knows {OPS})")),
+        };
+        reply.unwrap_or_else(rejected)
+    }
+
+    fn list(&self) -> Reply {
+        let (running, ignored) = self.running();
+        let view = self::view(&self.file, &running, ignored, self.store_error.clone());
+        ok(serde_json::to_value(view).unwrap_or(Value::Null))
+    }
+
+    /// Writes `next` and puts it in force; the store in force is unchanged if the write
+    /// fails.
+    async fn commit(&mut self, next: Store) -> Result<bool, Reply> {
+        let to_save = next.clone();
+        let saved = tokio::task::spawn_blocking(move || to_save.save())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = saved {
+            log::error!("cannot write {}: {e}", next.path().display());
+            return Err(error(format!(
+                "cannot store the change ({}: {e}); nothing changed",
+                next.path().display()
+            )));
+        }
+        self.store = next;
+        Ok(self.apply())
+    }
+
+    async fn put_appliance(&mut self, payload: &Value) -> Result<Reply, String> {
+        let Some(entry) = payload.get("appliance").and_then(Value::as_object) else {
+            return Err(
+                "appliance: required, an object with the keys of an [[appliance]] entry".into(),
+            );
+        };
+        // JSON null stands for an absent key (TOML has no null).
+        let entry: serde_json::Map<String, Value> = entry
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let table = match toml::Value::try_from(Value::Object(entry)) {
+            Ok(toml::Value::Table(t)) => t,
+            Ok(_) => return Err("appliance: must be an object".into()),
+            Err(e) => return Err(format!("appliance: {e}")),
+        };
+        let parsed = store::parse_appliance(&table).map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let id = parsed.id.clone();
+        if self.file.appliance(&id).is_some() {
+            return Err(format!(
+                "appliance {id:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
+            ));
+        }
+        let existed = self.store.appliances.contains_key(&id);
+        if !existed && self.store.appliances.len() >= MAX_APPLIANCES {
+            return Err(format!(
+                "the gateway holds {MAX_APPLIANCES} cloud-managed appliances, its limit"
+            ));
+        }
+        if parsed.transport == TransportKind::Mqtt
+            && parsed
+                .password
+                .as_deref()
+                .is_some_and(|p| !p.starts_with("$argon2"))
+        {
+            // `seal` hashes plain passwords before the command is journalled; one that got
+            // here in clear must not be stored so.
+            return Err("appliance.password: must be hashed before it is stored".into());
+        }
+        let (running, _) = self.running();
+        if let Some(other) = store::same_device(&running.appliances, &parsed) {
+            return Err(format!(
+                "appliance.address: this BLE device is appliance {other:?}'s"
+            ));
+        }
+        let changed = self.store.appliances.get(&id) != Some(&table);
+        let mut next = self.store.clone();
+        next.appliances.insert(id.clone(), table);
+        let restart = if changed {
+            self.commit(next)
+                .await
+                .map_err(|r| r.error.unwrap_or_default())?
+        } else {
+            false
+        };
+        log::info!(appliance = id.as_str(), transport = transport_name(parsed.transport);
+            "gateway command: appliance {}", if existed { "replaced" } else { "added" });
+        Ok(ok(json!({
+            "id": id,
+            "source": "cloud",
+            "created": !existed,
+            "changed": changed,
+            "restart_required": restart,
+        })))
+    }
+
+    async fn remove_appliance(&mut self, payload: &Value) -> Result<Reply, String> {
+        let id = string_field(payload, "id")?;
+        if self.file.appliance(&id).is_some() {
+            return Err(format!(
+                "appliance {id:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
+            ));
+        }
+        if !self.store.appliances.contains_key(&id) {
+            return Ok(ok(json!({ "id": id, "removed": false })));
+        }
+        let groups: Vec<&str> = self
+            .store
+            .groups
+            .iter()
+            .filter(|(_, m)| m.contains(&id))
+            .map(|(g, _)| g.as_str())
+            .collect();
+        if !groups.is_empty() {
+            return Err(format!(
+                "appliance {id:?} is a member of group(s) {}; put those groups without it (or remove them) first",
+                groups.join(", ")
+            ));
+        }
+        let mut next = self.store.clone();
+        next.appliances.remove(&id);
+        self.commit(next)
+            .await
+            .map_err(|r| r.error.unwrap_or_default())?;
+        log::info!(appliance = id.as_str(); "gateway command: appliance removed");
+        Ok(ok(json!({ "id": id, "removed": true })))
+    }
+
+    async fn put_group(&mut self, payload: &Value) -> Result<Reply, String> {
+        let name = string_field(payload, "name")?;
+        check_id(&name).map_err(|e| format!("name: {e}"))?;
+        if self.file.groups.contains_key(&name) {
+            return Err(format!(
+                "group {name:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
+            ));
+        }
+        let members = match payload.get("members") {
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|m| m.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or("members: must be a list of appliance ids")?,
+            _ => return Err("members: required, a list of appliance ids".into()),
+        };
+        if members.is_empty() {
+            return Err("members: a group needs at least one member".into());
+        }
+        if members.len() > MAX_MEMBERS {
+            return Err(format!("members: at most {MAX_MEMBERS}"));
+        }
+        let (running, _) = self.running();
+        let unknown: Vec<&str> = members
+            .iter()
+            .filter(|m| running.appliance(m).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "members: unknown appliance(s) {}",
+                unknown.join(", ")
+            ));
+        }
+        let existed = self.store.groups.contains_key(&name);
+        if !existed && self.store.groups.len() >= MAX_GROUPS {
+            return Err(format!(
+                "the gateway holds {MAX_GROUPS} cloud-managed groups, its limit"
+            ));
+        }
+        let changed = self.store.groups.get(&name) != Some(&members);
+        if changed {
+            let mut next = self.store.clone();
+            next.groups.insert(name.clone(), members);
+            self.commit(next)
+                .await
+                .map_err(|r| r.error.unwrap_or_default())?;
+        }
+        log::info!(
+            "gateway command: group {name:?} {}",
+            if existed { "replaced" } else { "added" }
+        );
+        Ok(ok(json!({
+            "name": name,
+            "source": "cloud",
+            "created": !existed,
+            "changed": changed,
+        })))
+    }
+
+    async fn remove_group(&mut self, payload: &Value) -> Result<Reply, String> {
+        let name = string_field(payload, "name")?;
+        if self.file.groups.contains_key(&name) {
+            return Err(format!(
+                "group {name:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
+            ));
+        }
+        if !self.store.groups.contains_key(&name) {
+            return Ok(ok(json!({ "name": name, "removed": false })));
+        }
+        let mut next = self.store.clone();
+        next.groups.remove(&name);
+        self.commit(next)
+            .await
+            .map_err(|r| r.error.unwrap_or_default())?;
+        log::info!("gateway command: group {name:?} removed");
+        Ok(ok(json!({ "name": name, "removed": true })))
+    }
+}
+
+fn string_field(payload: &Value, key: &str) -> Result<String, String> {
+    match payload.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(format!("{key}: must be a non-empty string")),
+        None => Err(format!("{key}: required")),
+    }
+}

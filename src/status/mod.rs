@@ -1,0 +1,310 @@
+//! What the daemon can tell about itself: the STATUS line, `tetherd status` (and the
+//! `status` gateway command), and the metrics.
+//!
+//! [`Watched`] gathers the running parts' handles; `app` builds it, the systemd
+//! supervisor reads its [`Watched::status_line`], the fleet task updates which entries
+//! are in force ([`Watched::set_fleet`]), and the control socket (`socket.rs`) serves its
+//! [`Watched::snapshot_json`] and the Prometheus text (`metrics.rs`). A snapshot is JSON
+//! so that `tetherd status` of one version can print what a daemon of another sent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{Config, TransportKind};
+use crate::health::Health;
+use crate::journal::Journal;
+use crate::outbox::Outbox;
+use crate::router::Router;
+use crate::transport::mqtt::MqttHandle;
+
+pub mod metrics;
+pub mod socket;
+
+/// What the watchdog, the STATUS line, `tetherd status` and the metrics look at.
+pub struct Watched {
+    pub health: Arc<Health>,
+    pub router: Router,
+    pub mqtt: MqttHandle,
+    pub outbox: Arc<Outbox>,
+    pub journal: Journal,
+    pub gateway: String,
+    pub max_journal_bytes: u64,
+    pub started: SystemTime,
+    /// Configured MQTT and BLE appliances (change on reload and gateway commands). BLE
+    /// appliances are connected on demand, so only MQTT ones count towards "online".
+    mqtt_appliances: AtomicUsize,
+    ble_appliances: AtomicUsize,
+    fleet: RwLock<Arc<View>>,
+}
+
+impl Watched {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        health: Arc<Health>,
+        router: Router,
+        mqtt: MqttHandle,
+        outbox: Arc<Outbox>,
+        journal: Journal,
+        config: &Config,
+        view: View,
+    ) -> Watched {
+        let w = Watched {
+            health,
+            router,
+            mqtt,
+            outbox,
+            journal,
+            gateway: config.gateway.id.clone(),
+            max_journal_bytes: config.state.max_journal_bytes,
+            started: SystemTime::now(),
+            mqtt_appliances: AtomicUsize::new(0),
+            ble_appliances: AtomicUsize::new(0),
+            fleet: RwLock::new(Arc::new(View::default())),
+        };
+        w.set_fleet(config, view);
+        w
+    }
+
+    /// The appliances and groups in force, and where each comes from.
+    pub fn set_fleet(&self, running: &Config, view: View) {
+        let count = |kind| {
+            running
+                .appliances
+                .iter()
+                .filter(|a| a.transport == kind)
+                .count()
+        };
+        self.mqtt_appliances
+            .store(count(TransportKind::Mqtt), Ordering::Relaxed);
+        self.ble_appliances
+            .store(count(TransportKind::Ble), Ordering::Relaxed);
+        *self.fleet.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    pub fn fleet(&self) -> Arc<View> {
+        self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One line: cloud state, appliances online, results owed, commands running, and the
+    /// runtime's live tasks (a number that must not creep up over weeks).
+    pub fn status_line(&self) -> String {
+        let tasks =
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        let ble = match self.ble_appliances.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(" (+{n} BLE, linked on demand)"),
+        };
+        format!(
+            "{}; {}/{} appliances online{ble}; {} results owed; {} commands running; {tasks} tasks",
+            self.health.link_summary(),
+            self.mqtt.online(),
+            self.mqtt_appliances.load(Ordering::Relaxed),
+            self.outbox.owed(),
+            self.router.pending_count(),
+        )
+    }
+
+    /// Everything `tetherd status` shows, as JSON (docs/operations.md lists the fields).
+    pub fn snapshot_json(&self) -> Value {
+        let now = SystemTime::now();
+        let fleet = self.fleet();
+        let presence = self.mqtt.presence();
+        let work = self.router.appliance_work();
+        let appliances: Vec<Value> = fleet
+            .appliances
+            .iter()
+            .map(|a| {
+                let w = work.get(&a.id).copied().unwrap_or_default();
+                let p = presence.get(&a.id);
+                let online = match a.transport {
+                    "mqtt" => json!(p.is_some_and(|p| p.online)),
+                    // Linked on demand: neither online nor offline between commands.
+                    _ => Value::Null,
+                };
+                json!({
+                    "id": a.id,
+                    "transport": a.transport,
+                    "source": a.source,
+                    "online": online,
+                    "since": p.and_then(|p| p.since).map(rfc3339),
+                    "last_seen": p.and_then(|p| p.last_seen).map(rfc3339),
+                    "commands_waiting": w.queued,
+                    "commands_done": w.done,
+                    "commands_failed": w.failed,
+                })
+            })
+            .collect();
+        let link = self.health.link();
+        let waiting = self.router.waiting_ids().len();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "gateway": self.gateway,
+            "started_at": rfc3339(self.started),
+            "uptime_s": now.duration_since(self.started).unwrap_or(Duration::ZERO).as_secs(),
+            "cloud": {
+                "state": link.state.as_str(),
+                "since": rfc3339(link.since),
+                "last_error": link.last_error,
+                "polls": self.health.polls(),
+                "reconnects": self.health.reconnects(),
+            },
+            "appliances": appliances,
+            "groups": fleet.groups,
+            "ignored": fleet.ignored,
+            "store_error": fleet.store_error,
+            "journal": {
+                "results_owed": self.outbox.owed(),
+                "commands_running": self.router.pending_count().saturating_sub(waiting),
+                "commands_waiting": waiting,
+                "bytes": self.journal.bytes(),
+                "max_bytes": self.max_journal_bytes,
+            },
+        })
+    }
+}
+
+/// Which entries are in force and where each comes from: what `tetherd status` and the
+/// `list` operation show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct View {
+    pub appliances: Vec<EntryView>,
+    pub groups: Vec<GroupView>,
+    /// Stored cloud entries not in force.
+    pub ignored: Vec<Ignored>,
+    /// The store could not be read at start: gateway commands that change it are refused.
+    pub store_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryView {
+    pub id: String,
+    pub transport: &'static str,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    pub name: String,
+    pub members: Vec<String>,
+    pub source: &'static str,
+}
+
+/// A stored cloud entry that is not in force, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ignored {
+    pub kind: &'static str,
+    pub id: String,
+    pub why: String,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `tetherd status` as text, from a snapshot (of this version or another: missing fields
+/// show as "?").
+pub fn render(s: &Value) -> String {
+    use std::fmt::Write;
+    let str_of = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tetherd {} (gateway {}), up {}",
+        str_of(&s["version"]),
+        str_of(&s["gateway"]),
+        s["uptime_s"]
+            .as_u64()
+            .map_or("?".into(), |u| humantime::format_duration(
+                Duration::from_secs(u)
+            )
+            .to_string())
+    );
+    let c = &s["cloud"];
+    let _ = writeln!(
+        out,
+        "cloud: {} since {}; {} poll(s), {} reconnect(s){}",
+        str_of(&c["state"]),
+        str_of(&c["since"]),
+        str_of(&c["polls"]),
+        str_of(&c["reconnects"]),
+        match &c["last_error"] {
+            Value::String(e) => format!("; last error: {e}"),
+            _ => String::new(),
+        }
+    );
+    let j = &s["journal"];
+    let _ = writeln!(
+        out,
+        "journal: {} result(s) owed, {} command(s) running, {} waiting; {} of {} bytes",
+        str_of(&j["results_owed"]),
+        str_of(&j["commands_running"]),
+        str_of(&j["commands_waiting"]),
+        str_of(&j["bytes"]),
+        str_of(&j["max_bytes"]),
+    );
+    let empty = Vec::new();
+    let list = s["appliances"].as_array().unwrap_or(&empty);
+    let _ = writeln!(out, "appliances: {}", list.len());
+    for a in list {
+        let state = match &a["online"] {
+            Value::Bool(true) => format!("online since {}", str_of(&a["since"])),
+            Value::Bool(false) => match &a["since"] {
+                Value::Null => "offline (not seen since the start)".into(),
+                since => format!("offline since {}", str_of(since)),
+            },
+            _ => "linked on demand".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<4} {:<5} {}; last seen {}; {} waiting, {} done, {} failed",
+            str_of(&a["id"]),
+            str_of(&a["transport"]),
+            str_of(&a["source"]),
+            state,
+            str_of(&a["last_seen"]),
+            str_of(&a["commands_waiting"]),
+            str_of(&a["commands_done"]),
+            str_of(&a["commands_failed"]),
+        );
+    }
+    let groups = s["groups"].as_array().unwrap_or(&empty);
+    if !groups.is_empty() {
+        let _ = writeln!(out, "groups: {}", groups.len());
+        for g in groups {
+            let members: Vec<String> = g["members"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(str_of)
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<5} {}",
+                str_of(&g["name"]),
+                str_of(&g["source"]),
+                members.join(", ")
+            );
+        }
+    }
+    for i in s["ignored"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            out,
+            "not in force: cloud-managed {} {}: {}",
+            str_of(&i["kind"]),
+            str_of(&i["id"]),
+            str_of(&i["why"])
+        );
+    }
+    if let Value::String(e) = &s["store_error"] {
+        let _ = writeln!(out, "cloud-managed entries unreadable: {e}");
+    }
+    out
+}
