@@ -58,6 +58,7 @@ async fn with_devcloud(dir: &Path, https: &str, admin: &str) -> DemoResult<()> {
 [gateway]
 id = "{GATEWAY}"
 state_dir = "{state}"
+control_socket = "{state}/control.sock"
 [cloud]
 url = "https://localhost:{port}"
 ca_file = "{ca}"

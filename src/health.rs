@@ -39,6 +39,8 @@ pub struct Health {
     requests: [[AtomicU64; 5]; 2],
     /// Times the link came back online after it had failed.
     reconnects: AtomicU64,
+    /// Woken when the link changes state (the STATUS line follows at once).
+    pub changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,7 @@ impl Default for Health {
             }),
             requests: Default::default(),
             reconnects: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -94,6 +97,7 @@ impl Health {
             }
             link.state = state;
             link.since = SystemTime::now();
+            self.changed.notify_one();
         }
         if error.is_some() || state == LinkState::Online {
             link.last_error = error;

@@ -23,6 +23,7 @@
 //! - [`outbox`]: results and events owed to the cloud.
 //! - [`fleet`]: gateway commands (`$gateway`): cloud-managed appliances and groups over
 //!   the file's.
+//! - [`diagnose`]: `tetherd diagnose` and the support bundle.
 //! - [`status`]: the STATUS line, `tetherd status`, the metrics and the control socket.
 //! - [`app`]: wiring, signals and ordered shutdown.
 
@@ -37,6 +38,7 @@ pub mod demo;
 mod fault;
 // Entry points for the fuzz targets in fuzz/ and tests/fuzz_regressions.rs (docs/fuzzing.md);
 // only a build with the `fuzzing` feature has them.
+pub mod diagnose;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

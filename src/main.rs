@@ -64,6 +64,14 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Check what the gateway needs, one line each (ok, warn, fail) with a hint; exit 1 on
+    /// a failure.
+    Diagnose {
+        /// Also write a support bundle (tar): this report, the configuration with secrets
+        /// redacted, versions, the daemon's status, metrics and recent log.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
     /// Print the running daemon's metrics (Prometheus text format).
     Metrics {
         /// The control socket (default: gateway.control_socket of the config).
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
         Some(Cmd::Metrics { socket }) => ask(&cli.config, socket, "metrics", |answer| {
             Ok(answer.to_owned())
         }),
+        Some(Cmd::Diagnose { bundle }) => runtime_then(diagnose(cli.config, bundle)),
         Some(Cmd::Demo) => demo(),
         None => {
             let config = match load(&cli.config) {
@@ -129,6 +138,27 @@ fn demo() -> ExitCode {
         "tetherd: this build has no demo (it is built without the reference cloud); build from source with the default features to run it: cargo build --release && target/release/tetherd demo"
     );
     ExitCode::from(EX_UNAVAILABLE)
+}
+
+async fn diagnose(config: PathBuf, bundle: Option<PathBuf>) -> ExitCode {
+    use tether::diagnose::{self, Level};
+    let (report, loaded) = diagnose::run(&config).await;
+    print!("{}", report.text());
+    if let Some(path) = bundle {
+        let bytes = diagnose::bundle(&report, &config, loaded.as_ref());
+        match diagnose::write_bundle(&path, &bytes) {
+            Ok(()) => println!("support bundle written to {}", path.display()),
+            Err(e) => {
+                eprintln!("tetherd: cannot write {}: {e}", path.display());
+                return ExitCode::from(EX_OSERR);
+            }
+        }
+    }
+    if report.worst() == Level::Fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Asks the running daemon over its control socket and prints the answer as `show` makes

@@ -2,7 +2,8 @@
 //!
 //! Uses `sd_notify::notify` (never the variants that unset `NOTIFY_SOCKET`, so later
 //! STATUS lines still arrive). Without `NOTIFY_SOCKET` every call is a no-op. The
-//! supervisor brings STATUS up to date every second, and pings the watchdog at that pace
+//! supervisor brings STATUS up to date when the cloud link or an appliance changes state,
+//! and every second for the counters, and pings the watchdog at that pace
 //! (or at half of `WATCHDOG_USEC`, if shorter), only while `Health` shows the uplink loop
 //! turning and the router's and hub's locks answer.
 
@@ -47,20 +48,28 @@ pub fn stopping() {
 /// daemon makes progress.
 pub async fn supervise(watched: Arc<Watched>, cancel: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
-    // STATUS follows the daemon within a second: building the line is cheap, and a
-    // line that did not change is not sent. The watchdog is pinged at the same pace
-    // (at least twice per WatchdogSec).
+    // STATUS follows the link and the appliances at once and the counters within a
+    // second: building the line is cheap, and a line that did not change is not sent.
+    // The watchdog is pinged at the tick (at least twice per WatchdogSec).
     let tick = watchdog.map_or(STATUS_TICK, |w| (w / 2).min(STATUS_TICK));
     // The uplink loop turns every second; allow it the whole watchdog period to show it.
     let allowance = watchdog
         .unwrap_or(Duration::from_secs(30))
         .max(crate::health::BEAT_INTERVAL * 3);
+    // An interval, not a sleep per turn: a storm of state changes must not keep
+    // postponing the watchdog's ping.
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = String::new();
     let mut withheld = false;
     loop {
+        let mut beat = false;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+            _ = ticker.tick() => beat = true,
+            // The link's state and the appliances' presence show at once.
+            _ = watched.health.changed.notified() => {}
+            _ = watched.mqtt.presence_changed() => {}
         }
         // Building the line takes the router's, hub's and outbox's locks: a deadlock there
         // stops this task, and with it the pings.
@@ -69,7 +78,7 @@ pub async fn supervise(watched: Arc<Watched>, cancel: CancellationToken) {
             status(&line);
             last_status = line;
         }
-        if watchdog.is_none() {
+        if watchdog.is_none() || !beat {
             continue;
         }
         if watched.health.uplink_alive(allowance) {

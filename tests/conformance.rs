@@ -533,7 +533,7 @@ async fn example_passes_and_serves_tetherd(tag: &str, program: &str, script: &st
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[cloud]\nurl = \"{url}\"\nca_file = \"{}\"\ntoken_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\n{}",
+            "[gateway]\nid = \"{GATEWAY}\"\nstate_dir = \"{}\"\ncontrol_socket = \"\"\n\n[cloud]\nurl = \"{url}\"\nca_file = \"{}\"\ntoken_file = \"{}\"\nbackoff_max = \"2s\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\n\n{}",
             dir.path().join("state").display(),
             ca.display(),
             token.display(),

@@ -144,6 +144,30 @@ pub fn build_client(
         .map_err(|e| SetupError::Client(e.to_string()))
 }
 
+/// A client for `tetherd diagnose`: the daemon's trust and identity, no token, and the
+/// peer's certificate kept in each response (`reqwest::tls::TlsInfo`).
+pub fn build_probe_client(
+    cfg: &CloudConfig,
+    credentials: &Credentials,
+) -> Result<reqwest::Client, SetupError> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .https_only(true)
+        .redirect(redirect::Policy::none())
+        .user_agent(concat!("tetherd-diagnose/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(cfg.connect_timeout)
+        .tls_info(true);
+    if let Some(certs) = &credentials.roots {
+        builder = builder.tls_certs_only(certs.clone());
+    }
+    if let Some(identity) = &credentials.identity {
+        builder = builder.identity(identity.clone());
+    }
+    builder
+        .build()
+        .map_err(|e| SetupError::Client(e.to_string()))
+}
+
 /// The `Authorization` header value, from `cloud.token_file` or systemd's credential.
 pub fn load_token(cfg: &CloudConfig) -> Result<Option<HeaderValue>, SetupError> {
     let path = match &cfg.token_file {

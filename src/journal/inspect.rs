@@ -77,3 +77,31 @@ pub fn summary(state_dir: &Path, limit: usize) -> Result<String, String> {
     }
     Ok(out)
 }
+
+/// SQLite's integrity check of the journal in `state_dir`, read-only: `Ok(None)` when
+/// there is no journal yet, else its size and what it holds.
+pub fn check(state_dir: &Path) -> Result<Option<String>, String> {
+    let path = state_dir.join("journal.db");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if verdict != "ok" {
+        return Err(format!("{}: integrity check: {verdict}", path.display()));
+    }
+    let q = |sql: &str| -> Result<i64, String> {
+        conn.query_row(sql, [], |r| r.get(0))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let size = q("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")?;
+    let owed = q("SELECT COUNT(*) FROM results")?;
+    Ok(Some(format!(
+        "{} passes its integrity check ({} KiB, {owed} result(s) owed)",
+        path.display(),
+        size / 1024
+    )))
+}

@@ -303,6 +303,13 @@ impl Router {
             let why = "ttl ran out before the gateway command ran".to_owned();
             return self.finish_now(&cmd.id, now, Status::Expired, why).await;
         }
+        let limit = self.shared.routing().cfg.max_command_bytes;
+        let size = payload.size();
+        if size > limit {
+            let why =
+                format!("payload is {size} bytes; the limit is {limit} (router.max_command_bytes)");
+            return self.finish_now(&cmd.id, now, Status::Rejected, why).await;
+        }
         let Payload::Json(payload) = payload else {
             let why = "a gateway command's payload is JSON, not raw bytes".to_owned();
             return self.finish_now(&cmd.id, now, Status::Rejected, why).await;

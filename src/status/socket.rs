@@ -35,6 +35,16 @@ const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 /// Binds the control socket. A socket file left by a daemon that is gone is replaced;
 /// one that a running daemon answers on is not.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    // Under systemd the unit's RuntimeDirectory= made it; run by hand, it may be missing.
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(std::io::Error::new(
@@ -117,9 +127,7 @@ async fn answer(mut stream: tokio::net::UnixStream, watched: &Watched) {
 /// Why the daemon could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    #[error(
-        "tetherd is not running (nothing answers on {path}; `systemctl status tetherd` tells more)"
-    )]
+    #[error("tetherd is not running (nothing answers on {path})")]
     NotRunning { path: String },
     #[error("cannot open {path}: permission denied (run as root or as a member of group tether)")]
     Denied { path: String },

@@ -110,7 +110,7 @@ pub fn password(id: &str) -> String {
 /// connection rate for a whole fleet that connects from one address, 127.0.0.1).
 fn config_text(setup: &Setup, cloud: &DevCloud, state_dir: &Path) -> String {
     let mut text = format!(
-        "[gateway]\nid = \"{gw}\"\nstate_dir = \"{state}\"\n\n\
+        "[gateway]\nid = \"{gw}\"\nstate_dir = \"{state}\"\ncontrol_socket = \"{state}/control.sock\"\n\n\
          [cloud]\nurl = \"https://localhost:{port}\"\nca_file = \"{ca}\"\nresult_linger = \"{linger}\"\nencoding = \"{encoding}\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\nstartup_grace = \"0s\"\nmax_connections = {maxconn}\nmax_connect_rate = 100000\n\n\
          [state]\nsync = \"{sync}\"\n\n[log]\ntarget = \"stderr\"\n\n",

@@ -58,6 +58,11 @@ impl MqttHandle {
         self.hub.presence_map()
     }
 
+    /// Resolves when an appliance came online or went offline since the last call.
+    pub async fn presence_changed(&self) {
+        self.hub.changed.notified().await;
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.hub.stats
     }

@@ -78,6 +78,8 @@ pub struct Hub {
     /// Where persistent sessions are remembered across restarts.
     sessions: Option<Journal>,
     pub stats: Stats,
+    /// Woken when an appliance comes online or goes offline (the STATUS line follows).
+    pub changed: Notify,
 }
 
 #[derive(Default)]
@@ -165,6 +167,7 @@ impl Hub {
             event_rate: AtomicU32::new(event_rate.max(1)),
             sessions: sessions.journal,
             stats: Stats::default(),
+            changed: Notify::new(),
         }
     }
 
@@ -334,6 +337,7 @@ impl Hub {
     }
 
     fn presence(&self, id: &str, kind: &str) {
+        self.changed.notify_one();
         log::info!(appliance = id, transport = "mqtt"; "appliance {kind}");
         self.outbox.push_event(Event {
             appliance: Some(id.to_owned()),
