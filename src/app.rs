@@ -181,16 +181,7 @@ impl App {
                 (Store::empty(&config.gateway.state_dir), Some(e))
             }
         };
-        let (running, ignored) = store.overlay(config);
-        for i in &ignored {
-            log::warn!(
-                "cloud-managed {} {:?} not in force: {}",
-                i.kind,
-                i.id,
-                i.why
-            );
-        }
-        let view = fleet::view(config, &running, ignored, store_error.clone());
+        let (running, view) = fleet::lay_over(config, &store, store_error.clone());
         let file_config = config;
         let config = &running;
         log::info!(

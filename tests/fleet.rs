@@ -279,23 +279,10 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
         print(f"{s.name}{{{labels}}} {s.value!r}")
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        Command::new("/usr/bin/python3").args(["-c", script]),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "prometheus_client refused the text: {}\n{text}",

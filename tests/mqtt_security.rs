@@ -281,23 +281,12 @@ async fn mqtt_over_tls_serves_outside_clients_and_a_silent_socket_blocks_no_one(
 
 #[tokio::test]
 async fn hashed_passwords_from_hash_password_authenticate() {
-    use std::io::Write;
-    use std::process::Stdio;
     let dir = TempDir::new("hashed");
     let cloud = DevCloud::start(dir.path(), &[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tetherd"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_tetherd")).arg("hash-password"),
+        b"correct horse\n",
+    );
     assert!(out.status.success());
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");

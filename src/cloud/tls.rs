@@ -109,6 +109,21 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// The client `builder` makes, trusting and presenting these.
+    fn apply(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SetupError> {
+        if let Some(certs) = &self.roots {
+            builder = builder.tls_certs_only(certs.clone());
+        }
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
+        }
+        builder
+            .build()
+            .map_err(|e| SetupError::Client(e.to_string()))
+    }
+}
+
 /// The HTTP client for `cfg`, with HTTP/2 PINGs every `ping_interval` (the config's, or
 /// the cloud's `ping_s`).
 pub fn build_client(
@@ -117,7 +132,7 @@ pub fn build_client(
     credentials: &Credentials,
 ) -> Result<reqwest::Client, SetupError> {
     install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .https_only(true)
         // A redirect could carry the token to another host; the protocol has none.
         .redirect(redirect::Policy::none())
@@ -133,15 +148,7 @@ pub fn build_client(
         // HTTP/2 multiplexes everything over one connection; a cloud that speaks only
         // HTTP/1.1 needs two (the held poll and an early flush), and both stay pooled.
         .pool_max_idle_per_host(2);
-    if let Some(certs) = &credentials.roots {
-        builder = builder.tls_certs_only(certs.clone());
-    }
-    if let Some(identity) = &credentials.identity {
-        builder = builder.identity(identity.clone());
-    }
-    builder
-        .build()
-        .map_err(|e| SetupError::Client(e.to_string()))
+    credentials.apply(builder)
 }
 
 /// A client for `tetherd diagnose`: the daemon's trust and identity, no token, and the
@@ -151,21 +158,13 @@ pub fn build_probe_client(
     credentials: &Credentials,
 ) -> Result<reqwest::Client, SetupError> {
     install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .https_only(true)
         .redirect(redirect::Policy::none())
         .user_agent(concat!("tetherd-diagnose/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(cfg.connect_timeout)
         .tls_info(true);
-    if let Some(certs) = &credentials.roots {
-        builder = builder.tls_certs_only(certs.clone());
-    }
-    if let Some(identity) = &credentials.identity {
-        builder = builder.identity(identity.clone());
-    }
-    builder
-        .build()
-        .map_err(|e| SetupError::Client(e.to_string()))
+    credentials.apply(builder)
 }
 
 /// The `Authorization` header value, from `cloud.token_file` or systemd's credential.

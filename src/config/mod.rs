@@ -150,17 +150,7 @@ impl Config {
     /// Parses and validates a config text, listing every problem found.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         let mut doc = spans::Doc::new(text);
-        let root = match DeTable::parse(text) {
-            Ok(root) => root,
-            Err(e) => {
-                let line = e.span().map(|s| doc.line_of(s.start));
-                return Err(vec![Problem {
-                    key: String::new(),
-                    line,
-                    message: e.message().to_owned(),
-                }]);
-            }
-        };
+        let root = parse_toml(text, &doc)?;
         let root = root.get_ref();
         let mut p = Parts::default();
         for (key, value) in root.iter() {
@@ -241,17 +231,7 @@ impl Config {
     /// Groups may also name the appliances in `known` (the file's).
     pub fn parse_entries(text: &str, known: &HashSet<String>) -> Result<Entries, Vec<Problem>> {
         let mut doc = spans::Doc::new(text);
-        let root = match DeTable::parse(text) {
-            Ok(root) => root,
-            Err(e) => {
-                let line = e.span().map(|s| doc.line_of(s.start));
-                return Err(vec![Problem {
-                    key: String::new(),
-                    line,
-                    message: e.message().to_owned(),
-                }]);
-            }
-        };
+        let root = parse_toml(text, &doc)?;
         let root = root.get_ref();
         let mut p = Parts::default();
         for (key, value) in root.iter() {
@@ -281,6 +261,20 @@ impl Config {
             groups: p.groups,
         })
     }
+}
+
+/// The TOML document, or the one syntax problem that stops everything.
+fn parse_toml<'t>(
+    text: &'t str,
+    doc: &spans::Doc<'_>,
+) -> Result<toml::Spanned<DeTable<'t>>, Vec<Problem>> {
+    DeTable::parse(text).map_err(|e| {
+        vec![Problem {
+            key: String::new(),
+            line: e.span().map(|s| doc.line_of(s.start)),
+            message: e.message().to_owned(),
+        }]
+    })
 }
 
 /// Appliances and groups on their own: what [`Config::parse_entries`] reads.

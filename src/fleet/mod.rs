@@ -211,6 +211,22 @@ pub struct Live {
     pub watched: Arc<Watched>,
 }
 
+/// What runs: `store` laid over `file`, and where each entry comes from; a stored entry
+/// that is not in force is logged.
+pub fn lay_over(file: &Config, store: &Store, store_error: Option<String>) -> (Config, View) {
+    let (running, ignored) = store.overlay(file);
+    for i in &ignored {
+        log::warn!(
+            "cloud-managed {} {:?} not in force: {}",
+            i.kind,
+            i.id,
+            i.why
+        );
+    }
+    let view = view(file, &running, ignored, store_error);
+    (running, view)
+}
+
 /// Which entries of `running` come from the file, and which from the cloud.
 pub fn view(
     file: &Config,
@@ -324,16 +340,7 @@ impl Fleet {
     }
 
     fn apply(&self) -> bool {
-        let (running, ignored) = self.running();
-        for i in &ignored {
-            log::warn!(
-                "cloud-managed {} {:?} not in force: {}",
-                i.kind,
-                i.id,
-                i.why
-            );
-        }
-        let view = self::view(&self.file, &running, ignored, self.store_error.clone());
+        let (running, view) = lay_over(&self.file, &self.store, self.store_error.clone());
         self.live.apply(&running, view)
     }
 

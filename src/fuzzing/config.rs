@@ -9,12 +9,24 @@ use super::harness::with_harness;
 use crate::cloud::session::{Failure, Session};
 use crate::config::{Config, ConfigError};
 
-/// A config file (bytes decoded as UTF-8, invalid sequences replaced): [`Config::parse`],
+/// A config file (bytes decoded as UTF-8, invalid sequences replaced): the same text as
+/// cloud-managed entries ([`Config::parse_entries`]) and the bytes as a DER certificate and
+/// an HTTP date (`diagnose::x509`); then [`Config::parse`],
 /// every problem formatted as `check-config` prints it; a valid config is formatted and
 /// given to what the daemon builds from it without touching the network or other files:
 /// the MQTT hub, and the cloud session's timing after each kind of failure.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    // The same text as cloud-managed entries (`managed.toml`, a gateway command's entry),
+    // which are checked by the file's rules on their own.
+    if let Ok(entries) = Config::parse_entries(&text, &std::collections::HashSet::new()) {
+        for a in &entries.appliances {
+            let _ = format!("{a:?}");
+        }
+    }
+    // `tetherd diagnose` reads a certificate's validity and an HTTP date by hand.
+    let _ = crate::diagnose::x509::validity(data);
+    let _ = crate::diagnose::x509::http_date(&text);
     match Config::parse(&text) {
         Ok(config) => {
             let _ = format!("{config:?}");

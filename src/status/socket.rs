@@ -73,14 +73,35 @@ pub async fn serve(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
+    let accept = || async { listener.accept().await.map(|(s, _)| s) };
+    accept_loop("control socket", accept, watched, tracker, cancel, answer).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Accepts until `cancel`, and answers each connection with `handle` on its own task:
+/// at most [`AT_ONCE`] at a time (more are closed unanswered), each within [`DEADLINE`].
+async fn accept_loop<S, A, AF, H, HF>(
+    what: &str,
+    accept: A,
+    watched: Arc<Watched>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    handle: H,
+) where
+    S: Send + 'static,
+    A: Fn() -> AF,
+    AF: Future<Output = std::io::Result<S>>,
+    H: Fn(S, Arc<Watched>) -> HF,
+    HF: Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(AT_ONCE));
     loop {
         let stream = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            _ = cancel.cancelled() => return,
+            accepted = accept() => match accepted {
+                Ok(stream) => stream,
                 Err(e) => {
-                    log::warn!("control socket: accept failed: {e}");
+                    log::warn!("{what}: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -89,16 +110,15 @@ pub async fn serve(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let watched = watched.clone();
+        let answering = handle(stream, watched.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(DEADLINE, answer(stream, &watched)).await;
+            let _ = tokio::time::timeout(DEADLINE, answering).await;
         });
     }
-    let _ = std::fs::remove_file(&path);
 }
 
-async fn answer(mut stream: tokio::net::UnixStream, watched: &Watched) {
+async fn answer(mut stream: tokio::net::UnixStream, watched: Arc<Watched>) {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < MAX_REQUEST {
@@ -114,7 +134,7 @@ async fn answer(mut stream: tokio::net::UnixStream, watched: &Watched) {
             s.push('\n');
             s
         }
-        "metrics" => super::metrics::render(watched),
+        "metrics" => super::metrics::render(&watched),
         other => format!(
             "error: unknown request {:?} (status, metrics)\n",
             other.chars().take(64).collect::<String>()
@@ -182,31 +202,11 @@ pub async fn serve_metrics(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(AT_ONCE));
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::warn!("metrics listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let watched = watched.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(DEADLINE, http(stream, &watched)).await;
-        });
-    }
+    let accept = || async { listener.accept().await.map(|(s, _)| s) };
+    accept_loop("metrics listener", accept, watched, tracker, cancel, http).await;
 }
 
-async fn http(mut stream: tokio::net::TcpStream, watched: &Watched) {
+async fn http(mut stream: tokio::net::TcpStream, watched: Arc<Watched>) {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -224,7 +224,7 @@ async fn http(mut stream: tokio::net::TcpStream, watched: &Watched) {
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => {
-            let body = super::metrics::render(watched);
+            let body = super::metrics::render(&watched);
             respond(
                 &mut stream,
                 "200 OK",

@@ -977,3 +977,16 @@ fn parse_journal_datagram(mut data: &[u8]) -> String {
     }
     out
 }
+
+/// Runs `cmd` with `input` on its standard input, and waits for its output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
