@@ -69,8 +69,8 @@ pub struct App {
     watched: Arc<Watched>,
     fleet: FleetHandle,
     /// The file's configuration in force (fields that need a restart keep their start
-    /// value); the cloud-managed entries are laid over it by the fleet task.
-    config: Config,
+    /// value), shared with the fleet task, which lays the cloud-managed entries over it.
+    config: Arc<Config>,
     token: Option<HeaderValue>,
     /// What the cloud identity files held when the uplink was built (see `identity_files`).
     identity: u64,
@@ -181,9 +181,10 @@ impl App {
                 (Store::empty(&config.gateway.state_dir), Some(e))
             }
         };
-        let (running, view) = fleet::lay_over(config, &store, store_error.clone());
-        let file_config = config;
-        let config = &running;
+        let file_config = Arc::new(config.clone());
+        let sources = fleet::lay_over(&file_config, &store, store_error.clone());
+        let running = sources.running.clone();
+        let config = &*running;
         log::info!(
             "journal open: {} result(s) owed, {} command(s) left unfinished by the last stop",
             recovery.owed,
@@ -259,7 +260,7 @@ impl App {
             outbox.clone(),
             journal.clone(),
             config,
-            view,
+            sources,
         ));
         let (fleet, inbox) = fleet::channel();
         let live = Live {
@@ -308,7 +309,7 @@ impl App {
             journal,
             watched,
             fleet,
-            config: file_config.clone(),
+            config: file_config,
             token,
             identity,
             reload,
@@ -335,9 +336,6 @@ impl App {
         let old = &self.config;
         let mut new = merged.config;
         crate::logging::set_level(new.log.level_filter());
-        // The router's limits and the MQTT rates come with the appliances: the fleet task
-        // lays the cloud-managed entries over the new file and applies the result.
-        self.fleet.file_changed(new.clone()).await;
         let token = match tls::load_token(&new.cloud) {
             Ok(t) => t,
             Err(e) => {
@@ -373,6 +371,10 @@ impl App {
             new.appliances.len(),
             new.groups.len()
         );
+        // The router's limits and the MQTT rates come with the appliances: the fleet task
+        // lays the cloud-managed entries over the new file and applies the result.
+        let new = Arc::new(new);
+        self.fleet.file_changed(new.clone()).await;
         self.config = new;
     }
 

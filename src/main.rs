@@ -277,7 +277,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 /// The entries in force and where each comes from: the file, or the cloud (the store in
 /// the state directory, when this user may read it).
 fn show_sources(file: &Config) {
-    use tether::fleet::{Store, view};
+    use tether::fleet::Store;
     let store = match Store::load(&file.gateway.state_dir) {
         Ok(store) => store,
         Err(e) => {
@@ -285,8 +285,15 @@ fn show_sources(file: &Config) {
             return;
         }
     };
-    let (running, ignored) = store.overlay(file);
-    let v = view(file, &running, ignored, None);
+    let file = std::sync::Arc::new(file.clone());
+    let (running, ignored) = store.overlay(&file);
+    let v = tether::status::Sources {
+        file,
+        running,
+        ignored,
+        store_error: None,
+    }
+    .view();
     let cloud = v.appliances.iter().filter(|a| a.source == "cloud").count();
     if cloud == 0 && v.ignored.is_empty() && v.groups.iter().all(|g| g.source == "file") {
         println!("cloud-managed entries: none ({})", store.path().display());
@@ -334,7 +341,10 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         return ExitCode::from(EX_OSERR);
     };
     let grace = config.gateway.stop_grace;
-    let mut app = match App::start(&config).await {
+    let started = App::start(&config).await;
+    // The app keeps what it needs of it: one copy less on a box with 1 GB.
+    drop(config);
+    let mut app = match started {
         Ok(app) => app,
         Err(e @ (StartError::Uplink(_) | StartError::MqttTls(_))) => {
             log::error!("cannot start: {e}");

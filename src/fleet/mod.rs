@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::wire::Status;
 use crate::config::{Config, TransportKind, check_id};
 use crate::router::{GATEWAY_TARGET, Gateway, GatewayReply, Router};
-use crate::status::{EntryView, GroupView, Ignored, View, Watched};
+use crate::status::{Ignored, Sources, Watched};
 use crate::transport::ble::BleHandle;
 use crate::transport::mqtt::MqttHandle;
 
@@ -82,7 +82,7 @@ enum Msg {
         reply: oneshot::Sender<Reply>,
     },
     File {
-        config: Box<Config>,
+        config: Arc<Config>,
         done: oneshot::Sender<()>,
     },
     StoredHash {
@@ -118,12 +118,9 @@ impl FleetHandle {
     }
 
     /// Hands over the file's configuration after a reload; returns once it applies.
-    pub async fn file_changed(&self, config: Config) {
+    pub async fn file_changed(&self, config: Arc<Config>) {
         let (done, rx) = oneshot::channel();
-        let msg = Msg::File {
-            config: Box::new(config),
-            done,
-        };
+        let msg = Msg::File { config, done };
         if self.tx.send(msg).await.is_ok() {
             let _ = rx.await;
         }
@@ -213,7 +210,7 @@ pub struct Live {
 
 /// What runs: `store` laid over `file`, and where each entry comes from; a stored entry
 /// that is not in force is logged.
-pub fn lay_over(file: &Config, store: &Store, store_error: Option<String>) -> (Config, View) {
+pub fn lay_over(file: &Arc<Config>, store: &Store, store_error: Option<String>) -> Sources {
     let (running, ignored) = store.overlay(file);
     for i in &ignored {
         log::warn!(
@@ -223,54 +220,22 @@ pub fn lay_over(file: &Config, store: &Store, store_error: Option<String>) -> (C
             i.why
         );
     }
-    let view = view(file, &running, ignored, store_error);
-    (running, view)
-}
-
-/// Which entries of `running` come from the file, and which from the cloud.
-pub fn view(
-    file: &Config,
-    running: &Config,
-    ignored: Vec<Ignored>,
-    store_error: Option<String>,
-) -> View {
-    let source = |from_file: bool| if from_file { "file" } else { "cloud" };
-    View {
-        appliances: running
-            .appliances
-            .iter()
-            .map(|a| EntryView {
-                id: a.id.clone(),
-                transport: transport_name(a.transport),
-                source: source(file.appliance(&a.id).is_some()),
-            })
-            .collect(),
-        groups: running
-            .groups
-            .iter()
-            .map(|(name, members)| GroupView {
-                name: name.clone(),
-                members: members.clone(),
-                source: source(file.groups.contains_key(name)),
-            })
-            .collect(),
+    Sources {
+        file: file.clone(),
+        running,
         ignored,
         store_error,
     }
 }
 
-pub fn transport_name(kind: TransportKind) -> &'static str {
-    match kind {
-        TransportKind::Mqtt => "mqtt",
-        TransportKind::Ble => "ble",
-    }
-}
+pub use crate::status::transport_name;
 
 impl Live {
     /// Applies the appliances and groups of `running` (laid over the file) the way a
     /// reload does. Returns whether part of it waits for a restart (the first BLE
     /// appliances, when the BLE transport did not start).
-    pub fn apply(&self, running: &Config, view: View) -> bool {
+    pub fn apply(&self, sources: Sources) -> bool {
+        let running = &sources.running;
         let mut restart = false;
         match (&self.ble, running.has_ble()) {
             (Some(ble), _) => ble.reconfigure(running),
@@ -284,15 +249,15 @@ impl Live {
         }
         self.router.reconfigure(running);
         self.mqtt.reconfigure(running);
-        self.watched.set_fleet(running, view);
+        self.watched.set_fleet(sources);
         restart
     }
 }
 
 /// The fleet task's state.
 pub struct Fleet {
-    /// The file's configuration in force.
-    pub file: Config,
+    /// The file's configuration in force (`app` holds the same).
+    pub file: Arc<Config>,
     pub store: Store,
     /// Why the store could not be read at start (it is then left as it is on disk).
     pub store_error: Option<String>,
@@ -316,7 +281,7 @@ impl Fleet {
                     let _ = reply.send(r);
                 }
                 Msg::File { config, done } => {
-                    self.file = *config;
+                    self.file = config;
                     self.apply();
                     let _ = done.send(());
                 }
@@ -335,13 +300,13 @@ impl Fleet {
     }
 
     /// What runs now: the store laid over the file.
-    pub fn running(&self) -> (Config, Vec<Ignored>) {
+    pub fn running(&self) -> (Arc<Config>, Vec<Ignored>) {
         self.store.overlay(&self.file)
     }
 
     fn apply(&self) -> bool {
-        let (running, view) = lay_over(&self.file, &self.store, self.store_error.clone());
-        self.live.apply(&running, view)
+        let sources = lay_over(&self.file, &self.store, self.store_error.clone());
+        self.live.apply(sources)
     }
 
     async fn call(&mut self, payload: Value) -> Reply {
@@ -382,8 +347,13 @@ impl Fleet {
 
     fn list(&self) -> Reply {
         let (running, ignored) = self.running();
-        let view = self::view(&self.file, &running, ignored, self.store_error.clone());
-        ok(serde_json::to_value(view).unwrap_or(Value::Null))
+        let sources = Sources {
+            file: self.file.clone(),
+            running,
+            ignored,
+            store_error: self.store_error.clone(),
+        };
+        ok(serde_json::to_value(sources.view()).unwrap_or(Value::Null))
     }
 
     /// Writes `next` and puts it in force; the store in force is unchanged if the write

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,8 +118,12 @@ impl Store {
     /// The stored entries laid over the file's configuration: what runs. A stored entry
     /// that the file's rules refuse, or whose id (or BLE device, or group name) the file
     /// has, stays stored but is not in force, and is listed.
-    pub fn overlay(&self, file: &Config) -> (Config, Vec<Ignored>) {
-        let mut config = file.clone();
+    pub fn overlay(&self, file: &Arc<Config>) -> (Arc<Config>, Vec<Ignored>) {
+        if self.appliances.is_empty() && self.groups.is_empty() {
+            // The usual case: the file alone, not a second copy of it.
+            return (file.clone(), Vec::new());
+        }
+        let mut config = Config::clone(file);
         let mut ignored = Vec::new();
         for (id, table) in &self.appliances {
             let entry = match parse_appliance(table) {
@@ -174,7 +179,7 @@ impl Store {
             }
             config.groups.insert(name.clone(), members.clone());
         }
-        (config, ignored)
+        (Arc::new(config), ignored)
     }
 }
 

@@ -38,7 +38,7 @@ pub struct Watched {
     /// appliances are connected on demand, so only MQTT ones count towards "online".
     mqtt_appliances: AtomicUsize,
     ble_appliances: AtomicUsize,
-    fleet: RwLock<Arc<View>>,
+    fleet: RwLock<Arc<Sources>>,
 }
 
 impl Watched {
@@ -50,7 +50,7 @@ impl Watched {
         outbox: Arc<Outbox>,
         journal: Journal,
         config: &Config,
-        view: View,
+        sources: Sources,
     ) -> Watched {
         let w = Watched {
             health,
@@ -63,16 +63,23 @@ impl Watched {
             started: SystemTime::now(),
             mqtt_appliances: AtomicUsize::new(0),
             ble_appliances: AtomicUsize::new(0),
-            fleet: RwLock::new(Arc::new(View::default())),
+            fleet: RwLock::new(Arc::new(sources)),
         };
-        w.set_fleet(config, view);
+        w.count_transports();
         w
     }
 
     /// The appliances and groups in force, and where each comes from.
-    pub fn set_fleet(&self, running: &Config, view: View) {
+    pub fn set_fleet(&self, sources: Sources) {
+        *self.fleet.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sources);
+        self.count_transports();
+    }
+
+    fn count_transports(&self) {
+        let sources = self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone();
         let count = |kind| {
-            running
+            sources
+                .running
                 .appliances
                 .iter()
                 .filter(|a| a.transport == kind)
@@ -82,11 +89,16 @@ impl Watched {
             .store(count(TransportKind::Mqtt), Ordering::Relaxed);
         self.ble_appliances
             .store(count(TransportKind::Ble), Ordering::Relaxed);
-        *self.fleet.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
-    pub fn fleet(&self) -> Arc<View> {
-        self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Which entries are in force and where each comes from, made when asked: the
+    /// configurations it is made from are shared with the fleet task, not copied.
+    pub fn fleet(&self) -> View {
+        self.fleet
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .view()
     }
 
     /// One line: cloud state, appliances online, results owed, commands running, and the
@@ -191,6 +203,58 @@ pub struct GroupView {
     pub name: String,
     pub members: Vec<String>,
     pub source: &'static str,
+}
+
+/// The two sources of appliances and groups and what runs of them: the file's
+/// configuration, and the configuration in force (the same `Arc` when the cloud put
+/// nothing).
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub file: Arc<Config>,
+    pub running: Arc<Config>,
+    /// Stored cloud entries not in force.
+    pub ignored: Vec<Ignored>,
+    /// The store could not be read at start.
+    pub store_error: Option<String>,
+}
+
+impl Sources {
+    /// Which entries of the configuration in force come from the file, and which from
+    /// the cloud.
+    pub fn view(&self) -> View {
+        let source = |from_file: bool| if from_file { "file" } else { "cloud" };
+        View {
+            appliances: self
+                .running
+                .appliances
+                .iter()
+                .map(|a| EntryView {
+                    id: a.id.clone(),
+                    transport: transport_name(a.transport),
+                    source: source(self.file.appliance(&a.id).is_some()),
+                })
+                .collect(),
+            groups: self
+                .running
+                .groups
+                .iter()
+                .map(|(name, members)| GroupView {
+                    name: name.clone(),
+                    members: members.clone(),
+                    source: source(self.file.groups.contains_key(name)),
+                })
+                .collect(),
+            ignored: self.ignored.clone(),
+            store_error: self.store_error.clone(),
+        }
+    }
+}
+
+pub fn transport_name(kind: TransportKind) -> &'static str {
+    match kind {
+        TransportKind::Mqtt => "mqtt",
+        TransportKind::Ble => "ble",
+    }
 }
 
 /// A stored cloud entry that is not in force, and why.
