@@ -257,6 +257,7 @@ impl App {
             health,
             router.clone(),
             mqtt.clone(),
+            ble.clone(),
             outbox.clone(),
             journal.clone(),
             config,

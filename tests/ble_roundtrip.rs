@@ -44,6 +44,19 @@ async fn a_cloud_command_reaches_a_ble_appliance_and_its_answer_comes_back() {
             .any(|e| e["appliance"] == "lamp" && e["kind"] == "online"),
         "{events:?}"
     );
+    // `tetherd status` shows it found, from the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tetherd"))
+        .args(["status", "--json", "--socket"])
+        .arg(rig.dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lamp = &status["appliances"][0];
+    assert_eq!(lamp["id"], "lamp", "{status}");
+    assert_eq!(lamp["transport"], "ble", "{status}");
+    assert_eq!(lamp["online"], true, "{status}");
+    assert!(lamp["since"].is_string(), "{status}");
+    assert_eq!(lamp["commands_done"], 1, "{status}");
     // A second command reuses the link: one connection for both.
     let r = rig.run(json!({"target": "lamp", "payload": [1, 2]})).await;
     assert_eq!(r["payload"], json!([1, 2]), "{r}");

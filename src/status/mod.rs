@@ -19,6 +19,7 @@ use crate::health::Health;
 use crate::journal::Journal;
 use crate::outbox::Outbox;
 use crate::router::Router;
+use crate::transport::ble::BleHandle;
 use crate::transport::mqtt::MqttHandle;
 
 pub mod metrics;
@@ -29,6 +30,8 @@ pub struct Watched {
     pub health: Arc<Health>,
     pub router: Router,
     pub mqtt: MqttHandle,
+    /// Running only when BLE appliances were configured at start.
+    pub ble: Option<BleHandle>,
     pub outbox: Arc<Outbox>,
     pub journal: Journal,
     pub gateway: String,
@@ -47,6 +50,7 @@ impl Watched {
         health: Arc<Health>,
         router: Router,
         mqtt: MqttHandle,
+        ble: Option<BleHandle>,
         outbox: Arc<Outbox>,
         journal: Journal,
         config: &Config,
@@ -56,6 +60,7 @@ impl Watched {
             health,
             router,
             mqtt,
+            ble,
             outbox,
             journal,
             gateway: config.gateway.id.clone(),
@@ -125,25 +130,40 @@ impl Watched {
         let now = SystemTime::now();
         let fleet = self.fleet();
         let presence = self.mqtt.presence();
+        let ble = self
+            .ble
+            .as_ref()
+            .map(BleHandle::presence)
+            .unwrap_or_default();
         let work = self.router.appliance_work();
         let appliances: Vec<Value> = fleet
             .appliances
             .iter()
             .map(|a| {
                 let w = work.get(&a.id).copied().unwrap_or_default();
-                let p = presence.get(&a.id);
-                let online = match a.transport {
-                    "mqtt" => json!(p.is_some_and(|p| p.online)),
-                    // Linked on demand: neither online nor offline between commands.
-                    _ => Value::Null,
+                // MQTT: connected and not reporting offline. BLE: found by a scan (BlueZ
+                // knows it), whether or not a link is up: links are made per command.
+                let (online, since, last_seen) = match a.transport {
+                    "mqtt" => {
+                        let p = presence.get(&a.id);
+                        (
+                            p.is_some_and(|p| p.online),
+                            p.and_then(|p| p.since),
+                            p.and_then(|p| p.last_seen),
+                        )
+                    }
+                    _ => {
+                        let p = ble.get(&a.id);
+                        (p.is_some_and(|p| p.0), p.and_then(|p| p.1), None)
+                    }
                 };
                 json!({
                     "id": a.id,
                     "transport": a.transport,
                     "source": a.source,
                     "online": online,
-                    "since": p.and_then(|p| p.since).map(rfc3339),
-                    "last_seen": p.and_then(|p| p.last_seen).map(rfc3339),
+                    "since": since.map(rfc3339),
+                    "last_seen": last_seen.map(rfc3339),
                     "commands_waiting": w.queued,
                     "commands_done": w.done,
                     "commands_failed": w.failed,
@@ -318,13 +338,19 @@ pub fn render(s: &Value) -> String {
     let list = s["appliances"].as_array().unwrap_or(&empty);
     let _ = writeln!(out, "appliances: {}", list.len());
     for a in list {
+        let ble = a["transport"] == "ble";
         let state = match &a["online"] {
+            Value::Bool(true) if ble => format!("found since {}", str_of(&a["since"])),
+            Value::Bool(false) if ble => match &a["since"] {
+                Value::Null => "not found yet".into(),
+                since => format!("not found since {}", str_of(since)),
+            },
             Value::Bool(true) => format!("online since {}", str_of(&a["since"])),
             Value::Bool(false) => match &a["since"] {
                 Value::Null => "offline (not seen since the start)".into(),
                 since => format!("offline since {}", str_of(since)),
             },
-            _ => "linked on demand".into(),
+            _ => "?".into(),
         };
         let _ = writeln!(
             out,

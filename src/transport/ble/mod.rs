@@ -133,6 +133,12 @@ impl BleHandle {
         command::execute(&self.shared, appliance, dispatch).await
     }
 
+    /// Each BLE appliance found by a scan or not (BlueZ knows it, not: it is linked), and
+    /// since when.
+    pub fn presence(&self) -> HashMap<String, (bool, Option<std::time::SystemTime>)> {
+        self.shared.radio.presence_map()
+    }
+
     /// Applies a reloaded configuration's BLE appliances (the `[ble]` section needs a
     /// restart). Appliances whose entry changed are looked up again.
     pub fn reconfigure(&self, config: &Config) {

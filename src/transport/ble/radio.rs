@@ -98,6 +98,8 @@ struct State {
     found: HashMap<String, Peripheral>,
     /// Appliances reported `online` (and not since `offline`).
     online: std::collections::HashSet<String>,
+    /// When each appliance was last reported online or offline (`tetherd status`).
+    since: HashMap<String, std::time::SystemTime>,
     /// Per appliance, the current link's token, cancelled when BlueZ reports it down.
     watches: HashMap<String, CancellationToken>,
 }
@@ -123,6 +125,7 @@ impl Radio {
                 cycle_scan: false,
                 found: HashMap::new(),
                 online: Default::default(),
+                since: HashMap::new(),
                 watches: HashMap::new(),
             }),
             changed: Notify::new(),
@@ -261,7 +264,22 @@ impl Radio {
         }
     }
 
+    /// Each appliance found by a scan (BlueZ knows it) or not, and since when.
+    pub fn presence_map(&self) -> HashMap<String, (bool, Option<std::time::SystemTime>)> {
+        let state = self.lock();
+        self.targets()
+            .keys()
+            .map(|id| {
+                let p = (state.online.contains(id), state.since.get(id).copied());
+                (id.clone(), p)
+            })
+            .collect()
+    }
+
     fn presence(&self, appliance: &str, online: bool, why: &str) {
+        self.lock()
+            .since
+            .insert(appliance.to_owned(), std::time::SystemTime::now());
         let kind = if online { "online" } else { "offline" };
         log::info!(appliance = appliance, transport = "ble"; "appliance {kind}: {why}");
         self.outbox.push_event(Event {
