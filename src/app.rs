@@ -33,7 +33,7 @@ use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
 use crate::config::{Config, reload};
-use crate::fleet::{self, Fleet, FleetHandle, Live, Store};
+use crate::fleet::{self, Fleet, FleetHandle, Store};
 use crate::health::Health;
 use crate::journal::{Journal, JournalError};
 use crate::outbox::Outbox;
@@ -264,17 +264,11 @@ impl App {
             sources,
         ));
         let (fleet, inbox) = fleet::channel();
-        let live = Live {
-            router: router.clone(),
-            mqtt: mqtt.clone(),
-            ble: ble.clone(),
-            watched: watched.clone(),
-        };
         let task = Fleet {
             file: file_config.clone(),
             store,
             store_error,
-            live,
+            watched: watched.clone(),
         };
         tracker.spawn(task.run(inbox, cancel.clone()));
         router.set_gateway(Arc::new(fleet.clone()));

@@ -285,15 +285,7 @@ fn show_sources(file: &Config) {
             return;
         }
     };
-    let file = std::sync::Arc::new(file.clone());
-    let (running, ignored) = store.overlay(&file);
-    let v = tether::status::Sources {
-        file,
-        running,
-        ignored,
-        store_error: None,
-    }
-    .view();
+    let v = tether::fleet::sources(&std::sync::Arc::new(file.clone()), &store, None).view();
     let cloud = v.appliances.iter().filter(|a| a.source == "cloud").count();
     if cloud == 0 && v.ignored.is_empty() && v.groups.iter().all(|g| g.source == "file") {
         println!("cloud-managed entries: none ({})", store.path().display());

@@ -222,6 +222,29 @@ async fn file_entries_win_and_bad_entries_are_rejected_by_field() {
     // Nothing was stored by any of them.
     assert!(!dir.path().join("state/managed.toml").exists());
 
+    // A change that cannot be written is an `error`, not a refusal, and changes nothing
+    // (the store is written beside and renamed: a directory in the way makes it fail,
+    // even for root).
+    let blocker = dir.path().join("state/managed.toml.new");
+    std::fs::create_dir(&blocker).unwrap();
+    let r = gateway(
+        &cloud,
+        json!({"op": "put_appliance", "appliance": {"id": "lamp-3", "transport": "mqtt", "password": "x"}}),
+    )
+    .await;
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("nothing changed"),
+        "{r}"
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    let r = gateway(&cloud, json!({"op": "list"})).await;
+    assert_eq!(
+        r["payload"]["appliances"].as_array().unwrap().len(),
+        1,
+        "{r}"
+    );
+
     // `list` shows where each entry comes from.
     let r = gateway(
         &cloud,

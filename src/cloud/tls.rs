@@ -107,9 +107,7 @@ impl Credentials {
             authorization: load_token(cfg)?,
         })
     }
-}
 
-impl Credentials {
     /// The client `builder` makes, trusting and presenting these.
     fn apply(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SetupError> {
         if let Some(certs) = &self.roots {

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
@@ -684,7 +684,7 @@ fn recent_log() -> String {
 }
 
 /// Writes the bundle to `path`, readable by its owner only.
-pub fn write_bundle(path: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_bundle(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

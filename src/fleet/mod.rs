@@ -27,10 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloud::wire::Status;
 use crate::config::{Config, TransportKind, check_id};
-use crate::router::{GATEWAY_TARGET, Gateway, GatewayReply, Router};
+use crate::router::{GATEWAY_TARGET, Gateway, GatewayReply};
 use crate::status::{Ignored, Sources, Watched};
-use crate::transport::ble::BleHandle;
-use crate::transport::mqtt::MqttHandle;
 
 pub mod store;
 
@@ -200,26 +198,9 @@ pub fn channel() -> (FleetHandle, Inbox) {
 /// The receiving end, for [`Fleet::run`].
 pub struct Inbox(mpsc::Receiver<Msg>);
 
-/// The parts a change of appliances and groups applies to.
-pub struct Live {
-    pub router: Router,
-    pub mqtt: MqttHandle,
-    pub ble: Option<BleHandle>,
-    pub watched: Arc<Watched>,
-}
-
-/// What runs: `store` laid over `file`, and where each entry comes from; a stored entry
-/// that is not in force is logged.
-pub fn lay_over(file: &Arc<Config>, store: &Store, store_error: Option<String>) -> Sources {
+/// What runs: `store` laid over `file`, and where each entry comes from.
+pub fn sources(file: &Arc<Config>, store: &Store, store_error: Option<String>) -> Sources {
     let (running, ignored) = store.overlay(file);
-    for i in &ignored {
-        log::warn!(
-            "cloud-managed {} {:?} not in force: {}",
-            i.kind,
-            i.id,
-            i.why
-        );
-    }
     Sources {
         file: file.clone(),
         running,
@@ -228,31 +209,22 @@ pub fn lay_over(file: &Arc<Config>, store: &Store, store_error: Option<String>) 
     }
 }
 
-pub use crate::status::transport_name;
-
-impl Live {
-    /// Applies the appliances and groups of `running` (laid over the file) the way a
-    /// reload does. Returns whether part of it waits for a restart (the first BLE
-    /// appliances, when the BLE transport did not start).
-    pub fn apply(&self, sources: Sources) -> bool {
-        let running = &sources.running;
-        let mut restart = false;
-        match (&self.ble, running.has_ble()) {
-            (Some(ble), _) => ble.reconfigure(running),
-            (None, true) => {
-                restart = true;
-                log::warn!(
-                    "the first BLE appliances take effect at the next restart (the BLE transport starts only then)"
-                );
-            }
-            (None, false) => {}
-        }
-        self.router.reconfigure(running);
-        self.mqtt.reconfigure(running);
-        self.watched.set_fleet(sources);
-        restart
+/// [`sources`], logging each stored entry that is not in force (at start, and when the
+/// daemon applies a change).
+pub fn lay_over(file: &Arc<Config>, store: &Store, store_error: Option<String>) -> Sources {
+    let sources = sources(file, store, store_error);
+    for i in &sources.ignored {
+        log::warn!(
+            "cloud-managed {} {:?} not in force: {}",
+            i.kind,
+            i.id,
+            i.why
+        );
     }
+    sources
 }
+
+pub use crate::status::transport_name;
 
 /// The fleet task's state.
 pub struct Fleet {
@@ -261,7 +233,8 @@ pub struct Fleet {
     pub store: Store,
     /// Why the store could not be read at start (it is then left as it is on disk).
     pub store_error: Option<String>,
-    pub live: Live,
+    /// The running parts a change applies to (router, hub, BLE radio) and reports to.
+    pub watched: Arc<Watched>,
 }
 
 impl Fleet {
@@ -304,9 +277,28 @@ impl Fleet {
         self.store.overlay(&self.file)
     }
 
+    /// Applies the store laid over the file the way a reload applies appliances and
+    /// groups. Returns whether part of it waits for a restart (the first BLE appliances,
+    /// when the BLE transport did not start).
     fn apply(&self) -> bool {
         let sources = lay_over(&self.file, &self.store, self.store_error.clone());
-        self.live.apply(sources)
+        let w = &self.watched;
+        let running = &sources.running;
+        let mut restart = false;
+        match (&w.ble, running.has_ble()) {
+            (Some(ble), _) => ble.reconfigure(running),
+            (None, true) => {
+                restart = true;
+                log::warn!(
+                    "the first BLE appliances take effect at the next restart (the BLE transport starts only then)"
+                );
+            }
+            (None, false) => {}
+        }
+        w.router.reconfigure(running);
+        w.mqtt.reconfigure(running);
+        w.set_fleet(sources);
+        restart
     }
 
     async fn call(&mut self, payload: Value) -> Reply {
@@ -339,20 +331,14 @@ impl Fleet {
             "put_group" => self.put_group(&payload).await,
             "remove_group" => self.remove_group(&payload).await,
             "list" => Ok(self.list()),
-            "status" => Ok(ok(self.live.watched.snapshot_json())),
-            other => Err(format!("unknown op {other:?} (this gateway knows {OPS})")),
+            "status" => Ok(ok(self.watched.snapshot_json())),
+            other => no(format!("unknown op {other:?} (this gateway knows {OPS})")),
         };
-        reply.unwrap_or_else(rejected)
+        reply.unwrap_or_else(|r| r)
     }
 
     fn list(&self) -> Reply {
-        let (running, ignored) = self.running();
-        let sources = Sources {
-            file: self.file.clone(),
-            running,
-            ignored,
-            store_error: self.store_error.clone(),
-        };
+        let sources = sources(&self.file, &self.store, self.store_error.clone());
         ok(serde_json::to_value(sources.view()).unwrap_or(Value::Null))
     }
 
@@ -375,11 +361,9 @@ impl Fleet {
         Ok(self.apply())
     }
 
-    async fn put_appliance(&mut self, payload: &Value) -> Result<Reply, String> {
+    async fn put_appliance(&mut self, payload: &Value) -> Result<Reply, Reply> {
         let Some(entry) = payload.get("appliance").and_then(Value::as_object) else {
-            return Err(
-                "appliance: required, an object with the keys of an [[appliance]] entry".into(),
-            );
+            return no("appliance: required, an object with the keys of an [[appliance]] entry");
         };
         // JSON null stands for an absent key (TOML has no null).
         let entry: serde_json::Map<String, Value> = entry
@@ -389,25 +373,20 @@ impl Fleet {
             .collect();
         let table = match toml::Value::try_from(Value::Object(entry)) {
             Ok(toml::Value::Table(t)) => t,
-            Ok(_) => return Err("appliance: must be an object".into()),
-            Err(e) => return Err(format!("appliance: {e}")),
+            Ok(_) => return no("appliance: must be an object"),
+            Err(e) => return no(format!("appliance: {e}")),
         };
         let parsed = store::parse_appliance(&table).map_err(|problems| {
-            problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
+            let why: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            rejected(why.join("; "))
         })?;
         let id = parsed.id.clone();
         if self.file.appliance(&id).is_some() {
-            return Err(format!(
-                "appliance {id:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
-            ));
+            return no(file_wins("appliance", &id));
         }
         let existed = self.store.appliances.contains_key(&id);
         if !existed && self.store.appliances.len() >= MAX_APPLIANCES {
-            return Err(format!(
+            return no(format!(
                 "the gateway holds {MAX_APPLIANCES} cloud-managed appliances, its limit"
             ));
         }
@@ -419,11 +398,11 @@ impl Fleet {
         {
             // `seal` hashes plain passwords before the command is journalled; one that got
             // here in clear must not be stored so.
-            return Err("appliance.password: must be hashed before it is stored".into());
+            return no("appliance.password: must be hashed before it is stored");
         }
         let (running, _) = self.running();
         if let Some(other) = store::same_device(&running.appliances, &parsed) {
-            return Err(format!(
+            return no(format!(
                 "appliance.address: this BLE device is appliance {other:?}'s"
             ));
         }
@@ -431,9 +410,7 @@ impl Fleet {
         let mut next = self.store.clone();
         next.appliances.insert(id.clone(), table);
         let restart = if changed {
-            self.commit(next)
-                .await
-                .map_err(|r| r.error.unwrap_or_default())?
+            self.commit(next).await?
         } else {
             false
         };
@@ -448,12 +425,10 @@ impl Fleet {
         })))
     }
 
-    async fn remove_appliance(&mut self, payload: &Value) -> Result<Reply, String> {
-        let id = string_field(payload, "id")?;
+    async fn remove_appliance(&mut self, payload: &Value) -> Result<Reply, Reply> {
+        let id = string_field(payload, "id").map_err(rejected)?;
         if self.file.appliance(&id).is_some() {
-            return Err(format!(
-                "appliance {id:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
-            ));
+            return no(file_wins("appliance", &id));
         }
         if !self.store.appliances.contains_key(&id) {
             return Ok(ok(json!({ "id": id, "removed": false })));
@@ -466,41 +441,37 @@ impl Fleet {
             .map(|(g, _)| g.as_str())
             .collect();
         if !groups.is_empty() {
-            return Err(format!(
+            return no(format!(
                 "appliance {id:?} is a member of group(s) {}; put those groups without it (or remove them) first",
                 groups.join(", ")
             ));
         }
         let mut next = self.store.clone();
         next.appliances.remove(&id);
-        self.commit(next)
-            .await
-            .map_err(|r| r.error.unwrap_or_default())?;
+        self.commit(next).await?;
         log::info!(appliance = id.as_str(); "gateway command: appliance removed");
         Ok(ok(json!({ "id": id, "removed": true })))
     }
 
-    async fn put_group(&mut self, payload: &Value) -> Result<Reply, String> {
-        let name = string_field(payload, "name")?;
-        check_id(&name).map_err(|e| format!("name: {e}"))?;
+    async fn put_group(&mut self, payload: &Value) -> Result<Reply, Reply> {
+        let name = string_field(payload, "name").map_err(rejected)?;
+        check_id(&name).map_err(|e| rejected(format!("name: {e}")))?;
         if self.file.groups.contains_key(&name) {
-            return Err(format!(
-                "group {name:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
-            ));
+            return no(file_wins("group", &name));
         }
         let members = match payload.get("members") {
             Some(Value::Array(list)) => list
                 .iter()
                 .map(|m| m.as_str().map(str::to_owned))
                 .collect::<Option<Vec<String>>>()
-                .ok_or("members: must be a list of appliance ids")?,
-            _ => return Err("members: required, a list of appliance ids".into()),
+                .ok_or_else(|| rejected("members: must be a list of appliance ids"))?,
+            _ => return no("members: required, a list of appliance ids"),
         };
         if members.is_empty() {
-            return Err("members: a group needs at least one member".into());
+            return no("members: a group needs at least one member");
         }
         if members.len() > MAX_MEMBERS {
-            return Err(format!("members: at most {MAX_MEMBERS}"));
+            return no(format!("members: at most {MAX_MEMBERS}"));
         }
         let (running, _) = self.running();
         let unknown: Vec<&str> = members
@@ -509,14 +480,14 @@ impl Fleet {
             .map(String::as_str)
             .collect();
         if !unknown.is_empty() {
-            return Err(format!(
+            return no(format!(
                 "members: unknown appliance(s) {}",
                 unknown.join(", ")
             ));
         }
         let existed = self.store.groups.contains_key(&name);
         if !existed && self.store.groups.len() >= MAX_GROUPS {
-            return Err(format!(
+            return no(format!(
                 "the gateway holds {MAX_GROUPS} cloud-managed groups, its limit"
             ));
         }
@@ -524,9 +495,7 @@ impl Fleet {
         if changed {
             let mut next = self.store.clone();
             next.groups.insert(name.clone(), members);
-            self.commit(next)
-                .await
-                .map_err(|r| r.error.unwrap_or_default())?;
+            self.commit(next).await?;
         }
         log::info!(
             "gateway command: group {name:?} {}",
@@ -540,24 +509,31 @@ impl Fleet {
         })))
     }
 
-    async fn remove_group(&mut self, payload: &Value) -> Result<Reply, String> {
-        let name = string_field(payload, "name")?;
+    async fn remove_group(&mut self, payload: &Value) -> Result<Reply, Reply> {
+        let name = string_field(payload, "name").map_err(rejected)?;
         if self.file.groups.contains_key(&name) {
-            return Err(format!(
-                "group {name:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
-            ));
+            return no(file_wins("group", &name));
         }
         if !self.store.groups.contains_key(&name) {
             return Ok(ok(json!({ "name": name, "removed": false })));
         }
         let mut next = self.store.clone();
         next.groups.remove(&name);
-        self.commit(next)
-            .await
-            .map_err(|r| r.error.unwrap_or_default())?;
+        self.commit(next).await?;
         log::info!("gateway command: group {name:?} removed");
         Ok(ok(json!({ "name": name, "removed": true })))
     }
+}
+
+/// A gateway command refused, with why.
+fn no<T>(why: impl Into<String>) -> Result<T, Reply> {
+    Err(rejected(why))
+}
+
+fn file_wins(kind: &str, id: &str) -> String {
+    format!(
+        "{kind} {id:?} is in the configuration file, which takes precedence: a gateway command can neither replace nor remove it"
+    )
 }
 
 fn string_field(payload: &Value, key: &str) -> Result<String, String> {

@@ -303,11 +303,7 @@ impl Router {
             let why = "ttl ran out before the gateway command ran".to_owned();
             return self.finish_now(&cmd.id, now, Status::Expired, why).await;
         }
-        let limit = self.shared.routing().cfg.max_command_bytes;
-        let size = payload.size();
-        if size > limit {
-            let why =
-                format!("payload is {size} bytes; the limit is {limit} (router.max_command_bytes)");
+        if let Err(why) = super::targets::fits(&self.shared.routing().cfg, &payload) {
             return self.finish_now(&cmd.id, now, Status::Rejected, why).await;
         }
         let Payload::Json(payload) = payload else {

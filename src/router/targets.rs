@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{Router, Routing};
 use crate::cloud::wire::{Command, Target};
+use crate::config::RouterConfig;
 use crate::transport::Payload;
 
 impl Router {
@@ -24,13 +25,7 @@ impl Router {
         if self.shared.lock().pending.len() >= cfg.max_pending {
             return Err("gateway at capacity; the cloud sent more commands than advertised".into());
         }
-        let size = payload.size();
-        if size > cfg.max_command_bytes {
-            return Err(format!(
-                "payload is {size} bytes; the limit is {} (router.max_command_bytes)",
-                cfg.max_command_bytes
-            ));
-        }
+        fits(cfg, payload)?;
         match cmd.timeout_ms {
             Some(0) => return Err("timeout_ms must be greater than 0".into()),
             Some(ms) if Duration::from_millis(ms) > cfg.max_timeout => {
@@ -52,6 +47,18 @@ impl Router {
         }
         Ok(targets)
     }
+}
+
+/// Whether a command's payload fits `router.max_command_bytes` (gateway commands too).
+pub(super) fn fits(cfg: &RouterConfig, payload: &Payload) -> Result<(), String> {
+    let size = payload.size();
+    if size > cfg.max_command_bytes {
+        return Err(format!(
+            "payload is {size} bytes; the limit is {} (router.max_command_bytes)",
+            cfg.max_command_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// Expands a target into appliance ids (duplicates removed, order kept).

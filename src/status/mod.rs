@@ -7,7 +7,6 @@
 //! [`Watched::snapshot_json`] and the Prometheus text (`metrics.rs`). A snapshot is JSON
 //! so that `tetherd status` of one version can print what a daemon of another sent.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -37,10 +36,8 @@ pub struct Watched {
     pub gateway: String,
     pub max_journal_bytes: u64,
     pub started: SystemTime,
-    /// Configured MQTT and BLE appliances (change on reload and gateway commands). BLE
-    /// appliances are connected on demand, so only MQTT ones count towards "online".
-    mqtt_appliances: AtomicUsize,
-    ble_appliances: AtomicUsize,
+    /// The appliances and groups in force and where each comes from (changed by reloads
+    /// and gateway commands, through the fleet task).
     fleet: RwLock<Arc<Sources>>,
 }
 
@@ -56,7 +53,7 @@ impl Watched {
         config: &Config,
         sources: Sources,
     ) -> Watched {
-        let w = Watched {
+        Watched {
             health,
             router,
             mqtt,
@@ -66,44 +63,23 @@ impl Watched {
             gateway: config.gateway.id.clone(),
             max_journal_bytes: config.state.max_journal_bytes,
             started: SystemTime::now(),
-            mqtt_appliances: AtomicUsize::new(0),
-            ble_appliances: AtomicUsize::new(0),
             fleet: RwLock::new(Arc::new(sources)),
-        };
-        w.count_transports();
-        w
+        }
     }
 
     /// The appliances and groups in force, and where each comes from.
     pub fn set_fleet(&self, sources: Sources) {
         *self.fleet.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sources);
-        self.count_transports();
     }
 
-    fn count_transports(&self) {
-        let sources = self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let count = |kind| {
-            sources
-                .running
-                .appliances
-                .iter()
-                .filter(|a| a.transport == kind)
-                .count()
-        };
-        self.mqtt_appliances
-            .store(count(TransportKind::Mqtt), Ordering::Relaxed);
-        self.ble_appliances
-            .store(count(TransportKind::Ble), Ordering::Relaxed);
+    fn sources(&self) -> Arc<Sources> {
+        self.fleet.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Which entries are in force and where each comes from, made when asked: the
     /// configurations it is made from are shared with the fleet task, not copied.
     pub fn fleet(&self) -> View {
-        self.fleet
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .view()
+        self.sources().view()
     }
 
     /// One line: cloud state, appliances online, results owed, commands running, and the
@@ -111,15 +87,22 @@ impl Watched {
     pub fn status_line(&self) -> String {
         let tasks =
             tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
-        let ble = match self.ble_appliances.load(Ordering::Relaxed) {
+        // BLE appliances are linked per command: only MQTT ones count towards "online".
+        let (mut mqtt, mut ble) = (0, 0);
+        for a in &self.sources().running.appliances {
+            match a.transport {
+                TransportKind::Mqtt => mqtt += 1,
+                TransportKind::Ble => ble += 1,
+            }
+        }
+        let ble = match ble {
             0 => String::new(),
             n => format!(" (+{n} BLE, linked on demand)"),
         };
         format!(
-            "{}; {}/{} appliances online{ble}; {} results owed; {} commands running; {tasks} tasks",
+            "{}; {}/{mqtt} appliances online{ble}; {} results owed; {} commands running; {tasks} tasks",
             self.health.link_summary(),
             self.mqtt.online(),
-            self.mqtt_appliances.load(Ordering::Relaxed),
             self.outbox.owed(),
             self.router.pending_count(),
         )

@@ -234,6 +234,11 @@ fn poll_body(results: Vec<Value>, pending: &[String], capacity: u32) -> Value {
     json!({ "results": results, "pending": pending, "events": [], "capacity": capacity })
 }
 
+/// A poll that carries nothing and has room for commands.
+fn idle_poll() -> Value {
+    poll_body(vec![], &[], 64)
+}
+
 fn result(id: &str, status: &str, payload: Value) -> Value {
     json!({ "command_id": id, "status": status, "payload": payload, "duration_ms": 3 })
 }
@@ -314,7 +319,7 @@ impl Gw<'_> {
 
     /// A poll that must bring the commands with `expected` ids (and maybe more).
     async fn deliver(&self, expected: &[String]) -> Result<Vec<String>, Verdict> {
-        let (answer, _) = self.poll(&poll_body(vec![], &[], 64), 5).await?;
+        let (answer, _) = self.poll(&idle_poll(), 5).await?;
         let got = ids(&answer.commands)?;
         for id in expected {
             if !got.contains(id) {
@@ -396,7 +401,7 @@ async fn transport_ping(cx: Arc<Ctx>) -> Outcome {
         .map_err(|e| format!("on an idle connection: {e}"))?;
     // While a poll is held, the gateway's PINGs are what keep the connection checked.
     // (A server that does not hold polls has nothing more to show here: poll.held.)
-    let body = gw.encode::<PollRequest>(&poll_body(vec![], &[], 64))?;
+    let body = gw.encode::<PollRequest>(&idle_poll())?;
     let (held, pinged) = tokio::join!(
         async { (gw.poll_raw(body, 2, Auth::Token).await, Instant::now()) },
         async {
@@ -432,7 +437,7 @@ async fn auth_refused(cx: Arc<Ctx>) -> Outcome {
         (Auth::None, "without Authorization"),
         (Auth::Bearer(&wrong), "with a wrong bearer token"),
     ] {
-        let body = gw.encode::<PollRequest>(&poll_body(vec![], &[], 64))?;
+        let body = gw.encode::<PollRequest>(&idle_poll())?;
         let reply = gw.poll_raw(body, 0, auth).await?;
         if !matches!(reply.status.as_u16(), 401 | 403) {
             fail!(
@@ -442,7 +447,7 @@ async fn auth_refused(cx: Arc<Ctx>) -> Outcome {
         }
     }
     // Not vacuous: the right token works on the same connection.
-    gw.poll(&poll_body(vec![], &[], 64), 0).await?;
+    gw.poll(&idle_poll(), 0).await?;
     Ok(())
 }
 
@@ -450,7 +455,7 @@ async fn auth_refused(cx: Arc<Ctx>) -> Outcome {
 
 async fn poll_wait_zero(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
-    let (_, reply) = gw.poll(&poll_body(vec![], &[], 64), 0).await?;
+    let (_, reply) = gw.poll(&idle_poll(), 0).await?;
     if reply.elapsed > cx.prompt {
         fail!(
             "a poll with Prefer: wait=0 and nothing queued was answered after {}; it must be answered at once",
@@ -463,7 +468,7 @@ async fn poll_wait_zero(cx: Arc<Ctx>) -> Outcome {
 async fn poll_wait_honoured(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
     let wait = 2;
-    let (_, reply) = gw.poll(&poll_body(vec![], &[], 64), wait).await?;
+    let (_, reply) = gw.poll(&idle_poll(), wait).await?;
     let bound = Duration::from_secs(wait) + cx.prompt;
     if reply.elapsed > bound {
         fail!(
@@ -476,7 +481,7 @@ async fn poll_wait_honoured(cx: Arc<Ctx>) -> Outcome {
 
 async fn poll_held(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
-    let (_, reply) = gw.poll(&poll_body(vec![], &[], 64), 3).await?;
+    let (_, reply) = gw.poll(&idle_poll(), 3).await?;
     if reply.elapsed < Duration::from_secs(1) {
         fail!(
             "a poll with Prefer: wait=3 and nothing queued was answered after {}: the server does not hold polls, so gateways poll in a loop",
@@ -489,7 +494,7 @@ async fn poll_held(cx: Arc<Ctx>) -> Outcome {
 async fn poll_queued_at_once(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
     let id = gw.enqueue_new().await?;
-    let (answer, reply) = gw.poll(&poll_body(vec![], &[], 64), 10).await?;
+    let (answer, reply) = gw.poll(&idle_poll(), 10).await?;
     let got = ids(&answer.commands)?;
     if !got.contains(&id) {
         fail!(
@@ -512,7 +517,7 @@ async fn poll_wakes(cx: Arc<Ctx>) -> Outcome {
     let fixture = cx.fixture()?;
     // Long enough for the poll to reach the server before the command is queued.
     let lead = (cx.prompt / 2).max(Duration::from_millis(500));
-    let body = poll_body(vec![], &[], 64);
+    let body = idle_poll();
     let (polled, queued) = tokio::join!(gw.poll(&body, 10), async {
         sleep(lead).await;
         fixture.enqueue(&gw.id, &cmd).await
@@ -545,7 +550,7 @@ async fn gateways_isolated(cx: Arc<Ctx>) -> Outcome {
     let a = cx.gateway().await?;
     let b = cx.gateway().await?;
     let id = a.enqueue_new().await?;
-    let (answer, _) = b.poll(&poll_body(vec![], &[], 64), 1).await?;
+    let (answer, _) = b.poll(&idle_poll(), 1).await?;
     if ids(&answer.commands)?.contains(&id) {
         fail!(
             "a command queued for gateway {} was delivered to gateway {}",
@@ -681,7 +686,7 @@ async fn resend_lost(cx: Arc<Ctx>) -> Outcome {
         link: Link::open(&cx.target).await?,
         ..gw
     };
-    let (answer, _) = gw.poll(&poll_body(vec![], &[], 64), 3).await?;
+    let (answer, _) = gw.poll(&idle_poll(), 3).await?;
     if !ids(&answer.commands)?.contains(&id) {
         fail!(
             "{id} was delivered, then the next poll neither listed it in pending nor answered it, and it was not sent again: a command whose answer died with its connection is lost"
@@ -855,7 +860,7 @@ async fn unknown_fields(cx: Arc<Ctx>) -> Outcome {
         }
         Encoding::Protobuf => {
             let known: PollRequest =
-                serde_json::from_value(poll_body(vec![], &[], 64)).map_err(|e| e.to_string())?;
+                serde_json::from_value(idle_poll()).map_err(|e| e.to_string())?;
             let mut bytes = Encoding::Protobuf.encode(&known);
             let item: tether::cloud::wire::CommandResult =
                 serde_json::from_value(result(&id, "ok", json!({"v": 1})))
@@ -927,7 +932,7 @@ async fn limits_body_413(cx: Arc<Ctx>) -> Outcome {
             reply.status
         );
     }
-    gw.poll(&poll_body(vec![], &[], 64), 0).await.map_err(|v| {
+    gw.poll(&idle_poll(), 0).await.map_err(|v| {
         v.reworded(|why| format!("after the 413, the connection no longer serves: {why}"))
     })?;
     Ok(())
@@ -962,7 +967,7 @@ async fn errors_malformed_400(cx: Arc<Ctx>) -> Outcome {
 
 async fn poll_cadence(cx: Arc<Ctx>) -> Outcome {
     let gw = cx.gateway().await?;
-    let (answer, _) = gw.poll(&poll_body(vec![], &[], 64), 0).await?;
+    let (answer, _) = gw.poll(&idle_poll(), 0).await?;
     let Some(cadence) = answer.poll else {
         return Ok(());
     };
@@ -987,7 +992,7 @@ pub async fn probe_protobuf(cx: Ctx) -> Protobuf {
         Err(Verdict::Skip(why)) => return Protobuf::Untestable(why),
         Err(Verdict::Fail(why)) => return Protobuf::Broken(why),
     };
-    let reply = match gw.encode::<PollRequest>(&poll_body(vec![], &[], 64)) {
+    let reply = match gw.encode::<PollRequest>(&idle_poll()) {
         Ok(body) => gw.poll_raw(body, 0, Auth::Token).await,
         Err(_) => Err("the kit could not encode a poll".to_owned()),
     };
