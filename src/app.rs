@@ -361,15 +361,16 @@ impl App {
         if self.reload.send(change).await.is_err() {
             log::warn!("reload: the uplink is stopping; cloud settings not applied");
         }
+        // The router's limits and the MQTT rates come with the appliances: the fleet task
+        // lays the cloud-managed entries over the new file and applies the result. Only
+        // then is the reload done (and logged as such).
+        let new = Arc::new(new);
+        self.fleet.file_changed(new.clone()).await;
         log::info!(
             "configuration reloaded: {} appliance(s), {} group(s) in the file",
             new.appliances.len(),
             new.groups.len()
         );
-        // The router's limits and the MQTT rates come with the appliances: the fleet task
-        // lays the cloud-managed entries over the new file and applies the result.
-        let new = Arc::new(new);
-        self.fleet.file_changed(new.clone()).await;
         self.config = new;
     }
 
