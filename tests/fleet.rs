@@ -206,6 +206,15 @@ async fn file_entries_win_and_bad_entries_are_rejected_by_field() {
             "appliance.transport",
         ),
         (
+            json!({"op": "put_appliance", "appliance": {"id": "e", "transport": "mqtt", "password": "x", "profile": "tasmota", "topic": "cmnd/+"}}),
+            "appliance.topic",
+        ),
+        (
+            // Under the endpoint's prefix, inside lamp-1's own topics.
+            json!({"op": "put_appliance", "appliance": {"id": "f", "transport": "mqtt", "password": "x", "profile": "shelly-rpc", "topic": "tether/lamp-1"}}),
+            "appliance.topic: its topics overlap appliance \"lamp-1\"'s",
+        ),
+        (
             json!({"op": "put_group", "name": "g", "members": ["lamp-1", "nobody"]}),
             "members: unknown appliance(s) nobody",
         ),

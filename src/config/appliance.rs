@@ -37,11 +37,116 @@ pub struct ApplianceConfig {
     /// What happens to commands while the appliance is away.
     #[serde(default)]
     pub offline: Offline,
+    /// MQTT appliances: how the appliance is spoken to (its firmware's own topics and
+    /// messages), and the device's own topic where the profile has one.
+    #[serde(default)]
+    pub profile: Profile,
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// The keys every `[[appliance]]` may have; the BLE ones are `ble::BLE_KEYS`. All of
 /// them apply live.
-pub const COMMON_KEYS: [&str; 4] = ["id", "transport", "password", "offline"];
+pub const COMMON_KEYS: [&str; 6] = ["id", "transport", "password", "offline", "profile", "topic"];
+
+/// How an MQTT appliance is spoken to (`profile`; docs/appliances.md): which topics carry
+/// its commands, answers, presence and events, and what those messages look like. The
+/// topics a profile names for an appliance are also its access-control list.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum Profile {
+    /// Tether's own contract: `{prefix}/{id}/cmd`, `/result`, `/status`, `/events`.
+    #[default]
+    #[serde(rename = "tether")]
+    Tether,
+    /// Shelly Gen2 and later: JSON-RPC on `{topic}/rpc`, answers on `{prefix}/{id}/rpc`.
+    #[serde(rename = "shelly-rpc")]
+    ShellyRpc,
+    /// Tasmota: `cmnd/{topic}/<Command>`, answered on `stat/{topic}/RESULT`.
+    #[serde(rename = "tasmota")]
+    Tasmota,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Tether => "tether",
+            Profile::ShellyRpc => "shelly-rpc",
+            Profile::Tasmota => "tasmota",
+        }
+    }
+}
+
+impl ApplianceConfig {
+    /// The device's own topic (a Shelly's topic prefix, a Tasmota's Topic): `topic`, or
+    /// the appliance id.
+    pub fn device_topic(&self) -> &str {
+        self.topic.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The topic subtrees this appliance owns on the endpoint (nothing for BLE): no two
+    /// appliances' may overlap, so that one's access-control list never reaches into
+    /// another's topics.
+    pub fn topic_roots(&self, prefix: &str) -> Vec<String> {
+        if self.transport != TransportKind::Mqtt {
+            return Vec::new();
+        }
+        // Every profile uses `{prefix}/{id}`: the Shelly profile's answers come back there.
+        let mut roots = vec![format!("{prefix}/{}", self.id)];
+        let t = self.device_topic();
+        match self.profile {
+            Profile::Tether => {}
+            Profile::ShellyRpc => roots.push(t.to_owned()),
+            Profile::Tasmota => roots.extend(["cmnd", "stat", "tele"].map(|p| format!("{p}/{t}"))),
+        }
+        roots
+    }
+}
+
+/// Another appliance in `list` whose topics overlap `entry`'s: its id and the topic.
+pub fn topic_clash<'a>(
+    prefix: &str,
+    list: &'a [ApplianceConfig],
+    entry: &ApplianceConfig,
+) -> Option<(&'a str, String)> {
+    let mine = entry.topic_roots(prefix);
+    if mine.is_empty() {
+        return None;
+    }
+    list.iter().filter(|a| a.id != entry.id).find_map(|a| {
+        let theirs = a.topic_roots(prefix);
+        mine.iter()
+            .find_map(|m| theirs.iter().find(|t| nested(m, t)).cloned())
+            .map(|t| (a.id.as_str(), t))
+    })
+}
+
+/// Whether one topic is the other or lies under it, level by level.
+fn nested(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long.strip_prefix(short)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A device topic: levels of the id alphabet, so no wildcard, no empty level, nothing
+/// that starts with `$`; Tasmota's is one level (its FullTopic puts it between the prefix
+/// and the command).
+fn check_topic(profile: Profile, topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    let mut levels = topic.split('/');
+    if profile == Profile::Tasmota && topic.contains('/') {
+        return Err(format!(
+            "{topic:?}: a Tasmota Topic is one level (no '/'), as in its default FullTopic %prefix%/%topic%/"
+        ));
+    }
+    if levels.any(|l| super::check_id(l).is_err()) {
+        return Err(format!(
+            "{topic:?} is not one topic: levels of letters, digits, '-', '_' and '.' separated by '/', no wildcard (+ or #) and no empty level"
+        ));
+    }
+    Ok(())
+}
 
 impl fmt::Debug for ApplianceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,6 +155,8 @@ impl fmt::Debug for ApplianceConfig {
             .field("transport", &self.transport)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("offline", &self.offline)
+            .field("profile", &self.profile)
+            .field("topic", &self.topic)
             .finish()
     }
 }
@@ -87,8 +194,9 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
 }
 
 /// The appliances' own rules: ids unique and well-formed, each transport's keys.
-pub(super) fn check_appliances(v: &mut Checker, list: &[(usize, ApplianceConfig)]) {
+pub(super) fn check_appliances(v: &mut Checker, list: &[(usize, ApplianceConfig)], prefix: &str) {
     let mut seen = HashSet::new();
+    let mut checked: Vec<ApplianceConfig> = Vec::new();
     for (i, a) in list {
         let idx = i.to_string();
         if let Err(e) = check_id(&a.id) {
@@ -116,6 +224,40 @@ pub(super) fn check_appliances(v: &mut Checker, list: &[(usize, ApplianceConfig)
             _ => {}
         }
         super::ble::check_appliance(v, &idx, a);
+        check_profile(v, &idx, a);
+        if let Some((other, topic)) = topic_clash(prefix, &checked, a) {
+            let key = if a.topic.is_some() { "topic" } else { "id" };
+            v.err(
+                &["appliance", &idx, key],
+                format!("its topics overlap appliance {other:?}'s ({topic}); each appliance needs topics of its own"),
+            );
+        }
+        checked.push(a.clone());
+    }
+}
+
+fn check_profile(v: &mut Checker, idx: &str, a: &ApplianceConfig) {
+    if a.transport != TransportKind::Mqtt {
+        if a.profile != Profile::Tether {
+            v.err(&["appliance", idx, "profile"], "only for MQTT appliances");
+        }
+        if a.topic.is_some() {
+            v.err(&["appliance", idx, "topic"], "only for MQTT appliances");
+        }
+        return;
+    }
+    match (&a.topic, a.profile) {
+        (Some(_), Profile::Tether) => v.err(
+            &["appliance", idx, "topic"],
+            "the tether profile's topics follow from the id; `topic` is for the shelly-rpc and tasmota profiles",
+        ),
+        (Some(t), profile) => {
+            if let Err(e) = check_topic(profile, t) {
+                v.err(&["appliance", idx, "topic"], e);
+            }
+        }
+        // The id is one level of the same alphabet.
+        (None, _) => {}
     }
 }
 

@@ -29,7 +29,9 @@ mod spans;
 mod state;
 
 pub use self::log::{LogConfig, LogTarget, parse_level};
-pub use appliance::{ApplianceConfig, COMMON_KEYS, Offline, TransportKind, check_hash};
+pub use appliance::{
+    ApplianceConfig, COMMON_KEYS, Offline, Profile, TransportKind, check_hash, topic_clash,
+};
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
 pub use cloud::{CloudConfig, WireEncoding};
 pub use gateway::GatewayConfig;
@@ -203,7 +205,7 @@ impl Config {
         log.check(&mut v);
         metrics.check(&mut v);
         ble.check(&mut v, &p.appliances);
-        appliance::check_appliances(&mut v, &p.appliances);
+        appliance::check_appliances(&mut v, &p.appliances, &mqtt.topic_prefix);
         appliance::check_groups(&mut v, &p.groups, &p.declared);
         match (p.gateway, p.cloud, doc.is_clean()) {
             (Some(gateway), Some(cloud), true) => Ok(Config {
@@ -251,7 +253,9 @@ impl Config {
             root,
         };
         BleConfig::default().check(&mut v, &p.appliances);
-        appliance::check_appliances(&mut v, &p.appliances);
+        // The prefix is the file's: the fleet checks cloud entries against it again.
+        let prefix = MqttConfig::default().topic_prefix;
+        appliance::check_appliances(&mut v, &p.appliances, &prefix);
         appliance::check_groups(&mut v, &p.groups, &p.declared);
         if !doc.is_clean() {
             return Err(doc.into_problems());

@@ -477,3 +477,99 @@ fn cloud_encoding_parses_and_a_bad_one_is_named_with_its_line() {
     ));
     assert!(has(&p, "cloud.encoding", Some(7)), "{p:#?}");
 }
+
+#[test]
+fn profiles_parse_and_their_problems_are_named_with_their_line() {
+    let ok = format!(
+        "{MINIMAL}\n[[appliance]]\nid = \"plug\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"shelly-rpc\"\ntopic = \"shellyplus1-a8032ab1\"\n\n[[appliance]]\nid = \"hall\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"tasmota\"\n"
+    );
+    let c = Config::parse(&ok).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(c.appliances[0].profile, Profile::Tether);
+    assert_eq!(c.appliances[1].profile, Profile::ShellyRpc);
+    assert_eq!(c.appliances[1].device_topic(), "shellyplus1-a8032ab1");
+    assert_eq!(c.appliances[2].device_topic(), "hall");
+
+    let entry = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[appliance]]\nid = \"x\"\ntransport = \"mqtt\"\npassword = \"pw\"\n{extra}"
+        )
+    };
+    // Line 17 is the entry's first key after `password` (MINIMAL is 15 lines, then a blank).
+    for (extra, key, says) in [
+        (
+            "profile = \"zigbee\"\n",
+            "appliance[1].profile",
+            "unknown variant",
+        ),
+        (
+            "profile = \"tasmota\"\ntopic = \"cmnd/+\"\n",
+            "appliance[1].topic",
+            "one level",
+        ),
+        (
+            "profile = \"shelly-rpc\"\ntopic = \"a/+/b\"\n",
+            "appliance[1].topic",
+            "no wildcard",
+        ),
+        (
+            "profile = \"shelly-rpc\"\ntopic = \"a//b\"\n",
+            "appliance[1].topic",
+            "no empty level",
+        ),
+        (
+            "topic = \"x\"\n",
+            "appliance[1].topic",
+            "follow from the id",
+        ),
+        // Under the endpoint's own prefix: would reach into lamp-1's `tether/lamp-1/...`.
+        (
+            "profile = \"shelly-rpc\"\ntopic = \"tether/lamp-1\"\n",
+            "appliance[1].topic",
+            "overlap appliance \"lamp-1\"",
+        ),
+    ] {
+        let text = entry(extra);
+        let p = problems(&text);
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(key.rsplit('.').next().unwrap()))
+            .map(|i| i + 1);
+        assert!(
+            p.iter().any(|p| p.key == key
+                && p.message.contains(says)
+                && p.line.is_some()
+                && p.line >= line.map(|l| l.min(17))),
+            "{extra:?}: {p:#?}"
+        );
+    }
+    // Two appliances claiming one device topic.
+    let text = format!(
+        "{MINIMAL}\n[[appliance]]\nid = \"a\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"tasmota\"\ntopic = \"hall\"\n\n[[appliance]]\nid = \"b\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"tasmota\"\ntopic = \"hall\"\n"
+    );
+    let p = problems(&text);
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "topic = \"hall\"")
+        .last()
+        .map(|(i, _)| i + 1);
+    assert!(
+        p.iter().any(|p| p.key == "appliance[2].topic"
+            && p.message.contains("appliance \"a\"")
+            && p.line == line),
+        "{p:#?}"
+    );
+    // A profile is for MQTT appliances.
+    let text = format!(
+        "{MINIMAL}\n[[appliance]]\nid = \"t\"\ntransport = \"ble\"\naddress = \"AA:BB:CC:DD:EE:FF\"\nprofile = \"tasmota\"\n"
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("profile"))
+        .map(|i| i + 1);
+    assert!(
+        has(&problems(&text), "appliance[1].profile", line),
+        "{:#?}",
+        problems(&text)
+    );
+}

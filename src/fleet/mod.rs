@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::wire::Status;
-use crate::config::{Config, TransportKind, check_id};
+use crate::config::{Config, TransportKind, check_id, topic_clash};
 use crate::router::{GATEWAY_TARGET, Gateway, GatewayReply};
 use crate::status::{Ignored, Sources, Watched};
 
@@ -404,6 +404,18 @@ impl Fleet {
         if let Some(other) = store::same_device(&running.appliances, &parsed) {
             return no(format!(
                 "appliance.address: this BLE device is appliance {other:?}'s"
+            ));
+        }
+        if let Some((other, topic)) =
+            topic_clash(&running.mqtt.topic_prefix, &running.appliances, &parsed)
+        {
+            let key = if parsed.topic.is_some() {
+                "topic"
+            } else {
+                "id"
+            };
+            return no(format!(
+                "appliance.{key}: its topics overlap appliance {other:?}'s ({topic})"
             ));
         }
         let changed = self.store.appliances.get(&id) != Some(&table);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ApplianceConfig, Config, Problem};
+use crate::config::{ApplianceConfig, Config, Problem, topic_clash};
 use crate::status::Ignored;
 
 /// The store's file name in `gateway.state_dir`.
@@ -155,6 +155,16 @@ impl Store {
                     kind: "appliance",
                     id: id.clone(),
                     why: format!("its BLE device is appliance {other:?}'s"),
+                });
+                continue;
+            }
+            if let Some((other, topic)) =
+                topic_clash(&file.mqtt.topic_prefix, &config.appliances, &entry)
+            {
+                ignored.push(Ignored {
+                    kind: "appliance",
+                    id: id.clone(),
+                    why: format!("its topics overlap appliance {other:?}'s ({topic})"),
                 });
                 continue;
             }

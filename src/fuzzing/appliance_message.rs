@@ -28,7 +28,7 @@ pub fn appliance_message(data: &[u8]) {
 impl Harness {
     async fn appliance_message(&self, data: &[u8]) {
         let hub = &self.hub;
-        let prefix = hub.prefix().to_owned();
+        let prefix = self.config.mqtt.topic_prefix.clone();
         let topic = |kind: &str| format!("{prefix}/{APPLIANCE}/{kind}");
         let (tx, mut rx) = mpsc::channel(64);
         let attached = hub.attach(APPLIANCE, true, tx, CancellationToken::new());
@@ -65,6 +65,8 @@ impl Harness {
         hub.publish(APPLIANCE, &String::from_utf8_lossy(data), b"{}");
         let will = LastWill::new(topic("status"), data.to_vec(), QoS::AtLeastOnce, false);
         hub.detach(APPLIANCE, attached.generation, Some(will));
+        // The same bytes as the firmwares' messages, read by each profile.
+        firmware_messages(data);
         // A BLE appliance's answer, in every encoding (`command.rs` makes it the outcome).
         for encoding in [
             Encoding::Json,
@@ -104,6 +106,37 @@ impl Harness {
         self.deliver_everything().await;
         if journalled {
             self.forget_commands();
+        }
+    }
+}
+
+/// Every profile's reading of `data` as an answer, an event, a presence message, a topic
+/// and a topic filter, and, if it is JSON, as a command's payload.
+fn firmware_messages(data: &[u8]) {
+    use crate::transport::mqtt::profile::Contract;
+    static CONTRACTS: std::sync::OnceLock<Vec<Contract>> = std::sync::OnceLock::new();
+    let contracts = CONTRACTS.get_or_init(|| {
+        let text = "[[appliance]]\nid = \"s\"\ntransport = \"mqtt\"\npassword = \"p\"\nprofile = \"shelly-rpc\"\n\
+                    [[appliance]]\nid = \"t\"\ntransport = \"mqtt\"\npassword = \"p\"\nprofile = \"tasmota\"\n\
+                    [[appliance]]\nid = \"o\"\ntransport = \"mqtt\"\npassword = \"p\"\n";
+        let entries = crate::config::Config::parse_entries(text, &Default::default())
+            .unwrap_or_else(|p| panic!("harness: profile entries: {p:?}"));
+        entries
+            .appliances
+            .iter()
+            .map(|a| Contract::new("tether", a))
+            .collect()
+    });
+    let text = String::from_utf8_lossy(data);
+    let json = serde_json::from_slice::<Value>(data).ok();
+    for c in contracts {
+        let _ = c.answer(data);
+        let _ = c.event("t", data);
+        let _ = c.presence(data);
+        let _ = c.classify(&text);
+        let _ = c.subscribe(&text);
+        if let Some(v) = &json {
+            let _ = c.command("c1", 1, v);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Spawned per accepted socket by the endpoint's accept loop. It authenticates the CONNECT
 //! (within `connect_timeout`), attaches to the [`Hub`], then loops: decode packets from the
 //! socket (each bounded by the packet size limit), pass PUBLISHes to the hub, answer
-//! SUBSCRIBEs by the topic contract, write the commands the hub hands over, and enforce the
+//! SUBSCRIBEs by the appliance's profile (`profile.rs`), write the commands the hub hands over, and enforce the
 //! keep-alive. Every exit detaches from the hub, which publishes the will if the client
 //! went away without DISCONNECT.
 
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, ToConn};
 use super::limits::{Bucket, Take};
-use super::topic;
+use super::profile::Subscribe;
 
 /// A client that cannot take a packet within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,21 +212,29 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::Connect(_) => return Err(ConnError::Violation("second CONNECT")),
             Packet::Subscribe(sub) => {
                 s.churn(sub.filters.len())?;
-                let prefix = self.hub.prefix().to_owned();
+                let contract = self.hub.contract(&s.id);
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 for f in &sub.filters {
-                    if topic::may_subscribe(&prefix, &s.id, &f.path) {
-                        // Commands go out at QoS 1 at most.
-                        let qos = if f.qos == QoS::AtMostOnce {
-                            QoS::AtMostOnce
-                        } else {
-                            QoS::AtLeastOnce
-                        };
-                        self.hub.subscribed(&s.id, Some(qos));
-                        codes.push(SubscribeReasonCode::Success(qos));
+                    // Commands go out at QoS 1 at most.
+                    let qos = if f.qos == QoS::AtMostOnce {
+                        QoS::AtMostOnce
                     } else {
-                        self.hub.deny(&s.id, &format!("subscribe to {:?}", f.path));
-                        codes.push(SubscribeReasonCode::Failure);
+                        QoS::AtLeastOnce
+                    };
+                    match contract.as_ref().map(|c| c.subscribe(&f.path)) {
+                        Some(Subscribe::Commands) => {
+                            self.hub.subscribed(&s.id, Some(qos));
+                            codes.push(SubscribeReasonCode::Success(qos));
+                        }
+                        Some(Subscribe::Own) => codes.push(SubscribeReasonCode::Success(qos)),
+                        Some(Subscribe::Ignored) => {
+                            log::debug!(appliance = s.id.as_str(); "refused the firmware's subscription to {:?} (not used)", f.path);
+                            codes.push(SubscribeReasonCode::Failure);
+                        }
+                        Some(Subscribe::Denied) | None => {
+                            self.hub.deny(&s.id, &format!("subscribe to {:?}", f.path));
+                            codes.push(SubscribeReasonCode::Failure);
+                        }
                     }
                 }
                 self.write(&Packet::SubAck(SubAck::new(sub.pkid, codes)))
@@ -234,8 +242,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             }
             Packet::Unsubscribe(unsub) => {
                 s.churn(unsub.topics.len())?;
-                let own = topic::cmd_topic(self.hub.prefix(), &s.id);
-                if unsub.topics.contains(&own) {
+                let own = self.hub.contract(&s.id).map(|c| c.command_filter());
+                if own.is_some_and(|own| unsub.topics.contains(&own)) {
                     self.hub.subscribed(&s.id, None);
                 }
                 self.write(&Packet::UnsubAck(UnsubAck::new(unsub.pkid)))

@@ -1,8 +1,9 @@
 //! The daemon's own MQTT endpoint for appliances (MQTT 3.1.1).
 //!
 //! Not a general broker: every client is a configured appliance, authenticated by
-//! username = client id = appliance id and its password, and the topic contract in
-//! [`topic`] is the access-control list. [`start`] binds the listener (before the daemon
+//! username = client id = appliance id and its password, and the topics of its profile
+//! ([`profile`]: Tether's own contract in [`topic`], or a firmware's) are its
+//! access-control list. [`start`] binds the listener (before the daemon
 //! reports ready) and runs the accept loop; each socket gets its own task (`conn.rs`) with
 //! TCP_NODELAY, a CONNECT timeout and bounded buffers; [`limits`] bounds how fast one
 //! device may connect, subscribe and raise events. The router reaches appliances through
@@ -27,6 +28,7 @@ mod conn;
 pub mod exposure;
 pub(crate) mod hub;
 pub mod limits;
+pub mod profile;
 pub mod tls;
 pub mod topic;
 
@@ -71,7 +73,7 @@ impl MqttHandle {
     /// and the other limits need a restart).
     pub fn reconfigure(&self, config: &Config) {
         self.hub
-            .reconfigure(passwords(config), config.mqtt.max_event_rate);
+            .reconfigure(members(config), config.mqtt.max_event_rate);
         self.connect_rate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -83,9 +85,8 @@ impl MqttHandle {
 pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>, sessions: Sessions) -> hub::Hub {
     let m = &config.mqtt;
     hub::Hub::new(
-        m.topic_prefix.clone(),
         m.max_payload,
-        passwords(config),
+        members(config),
         outbox,
         m.startup_grace,
         m.max_event_rate,
@@ -93,21 +94,23 @@ pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>, sessions: Sessions) 
     )
 }
 
-fn passwords(config: &Config) -> HashMap<String, auth::Secret> {
-    let secrets: HashMap<String, auth::Secret> = config
+fn members(config: &Config) -> HashMap<String, hub::Member> {
+    let prefix = &config.mqtt.topic_prefix;
+    let members: HashMap<String, hub::Member> = config
         .appliances
         .iter()
         .filter(|a| a.transport == TransportKind::Mqtt)
         .filter_map(|a| {
-            Some((
-                a.id.clone(),
-                auth::Secret::from_config(a.password.as_deref()?),
-            ))
+            let member = hub::Member {
+                secret: auth::Secret::from_config(a.password.as_deref()?),
+                contract: Arc::new(profile::Contract::new(prefix, a)),
+            };
+            Some((a.id.clone(), member))
         })
         .collect();
-    let mut plain: Vec<&str> = secrets
+    let mut plain: Vec<&str> = members
         .iter()
-        .filter(|(_, s)| s.is_plain())
+        .filter(|(_, m)| m.secret.is_plain())
         .map(|(id, _)| id.as_str())
         .collect();
     if !plain.is_empty() {
@@ -117,7 +120,7 @@ fn passwords(config: &Config) -> HashMap<String, auth::Secret> {
             plain.join(", ")
         );
     }
-    secrets
+    members
 }
 
 /// Binds `mqtt.listen` (and `mqtt.tls_listen` with `tls`) and starts accepting

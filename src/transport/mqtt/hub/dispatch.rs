@@ -1,20 +1,20 @@
 //! Sending one command to an appliance and waiting for its answer: claim the appliance's
 //! connection (waiting out the start-up grace for one not yet ready, or, for an appliance
 //! whose commands wait while it is away, until it is back or the command's hold runs out),
-//! queue the PUBLISH on it, and wait, up to the command's timeout, for the result
+//! queue the PUBLISH its profile makes of the command on it, and wait, up to the command's timeout, for the result
 //! `inbound.rs` matches to it.
 //!
 //! Called by the router's workers through `MqttHandle::execute`.
 
+use std::sync::atomic::Ordering;
+
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::Publish;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Hub, ToConn};
 use crate::config::Offline;
-use crate::transport::mqtt::topic;
 use crate::transport::{Dispatch, Outcome, Payload};
 
 const EXPIRED_WAITING: &str = "TTL ran out while waiting for the appliance to connect; not sent";
@@ -30,16 +30,20 @@ impl Hub {
                 );
             }
         };
-        let body = json!({ "id": dispatch.command_id, "payload": payload });
-        let body = match serde_json::to_vec(&body) {
-            Ok(b) if b.len() <= self.max_payload => b,
-            _ => {
-                return Outcome::Error(format!(
-                    "command does not fit the MQTT payload limit of {} bytes",
-                    self.max_payload
-                ));
-            }
+        let Some(contract) = self.contract(id) else {
+            return Outcome::Unreachable("not an MQTT appliance".into());
         };
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (name, body, key) = match contract.command(&dispatch.command_id, seq, payload) {
+            Ok(c) => c,
+            Err(why) => return Outcome::Error(format!("not sent: {why}")),
+        };
+        if body.len() > self.max_payload {
+            return Outcome::Error(format!(
+                "command does not fit the MQTT payload limit of {} bytes",
+                self.max_payload
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         let started = Instant::now();
         let mut tx = Some(tx);
@@ -51,10 +55,10 @@ impl Hub {
             tokio::pin!(ready);
             ready.as_mut().enable();
             let hold = &dispatch.hold;
-            let waiting = match self.claim(id, &dispatch.command_id, &mut tx, hold.offline) {
+            let waiting = match self.claim(id, &key, &mut tx, hold.offline) {
                 // Woken just as the TTL ran out: not sent after all.
                 Ok(_) if dispatch.ttl_passed(Instant::now()) => {
-                    self.forget(id, &dispatch.command_id);
+                    self.forget(id, &key);
                     hold.waiting(false);
                     return Outcome::Expired(EXPIRED_WAITING.into());
                 }
@@ -107,9 +111,9 @@ impl Hub {
         };
         let (conn_tx, qos) = conn;
         dispatch.gate.pass().await;
-        let publish = Publish::new(topic::cmd_topic(&self.prefix, id), qos, body);
+        let publish = Publish::new(name, qos, body);
         if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
-            self.forget(id, &dispatch.command_id);
+            self.forget(id, &key);
             return match e {
                 mpsc::error::TrySendError::Full(_) => {
                     Outcome::Unreachable("appliance is not reading its connection".into())
@@ -123,17 +127,18 @@ impl Hub {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Outcome::Interrupted("endpoint shut down before the answer".into()),
             Err(_) => {
-                self.forget(id, &dispatch.command_id);
+                self.forget(id, &key);
                 Outcome::Timeout
             }
         }
     }
 
-    /// Registers `command_id` as waiting on appliance `id` if it can take a command now.
+    /// Registers a command as waiting on appliance `id`, under the `key` its answer is
+    /// matched by, if the appliance can take a command now.
     fn claim(
         &self,
         id: &str,
-        command_id: &str,
+        key: &str,
         tx: &mut Option<oneshot::Sender<Outcome>>,
         offline: Offline,
     ) -> Result<(mpsc::Sender<ToConn>, QoS), Claim> {
@@ -173,14 +178,14 @@ impl Hub {
         };
         let conn_tx = conn.tx.clone();
         if let Some(tx) = tx.take() {
-            slot.waiting.insert(command_id.to_owned(), tx);
+            slot.waiting.insert(key.to_owned(), tx);
         }
         Ok((conn_tx, qos))
     }
 
-    fn forget(&self, id: &str, command_id: &str) {
+    fn forget(&self, id: &str, key: &str) {
         if let Some(slot) = self.lock().get_mut(id) {
-            slot.waiting.remove(command_id);
+            slot.waiting.remove(key);
         }
     }
 }

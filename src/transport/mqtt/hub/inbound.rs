@@ -1,5 +1,5 @@
-//! What appliances publish: results (matched to the command waiting for them), status
-//! (`online`/`offline`), events, and the refusals and malformed messages reported
+//! What appliances publish, read by each one's profile (`profile.rs`): answers (matched to
+//! the command waiting for them), presence (online/offline), events, and the refusals and malformed messages reported
 //! upstream. Everything an appliance can make the gateway report goes through its event
 //! budget (`mqtt.max_event_rate`), so one device cannot flood the outbox.
 //!
@@ -8,43 +8,44 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 
 use super::Hub;
-use crate::cloud::wire::{Event, MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
+use crate::cloud::wire::Event;
+use crate::config::Profile;
 use crate::transport::Outcome;
 use crate::transport::mqtt::limits::{Bucket, Take};
-use crate::transport::mqtt::topic::{self, ResultMessage};
+use crate::transport::mqtt::profile::{Contract, Inbound};
 
 impl Hub {
-    /// An allowed or denied PUBLISH from appliance `id`.
+    /// An allowed or denied PUBLISH from appliance `id`, read by its profile.
     pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) {
         self.seen(id);
-        match topic::classify_publish(&self.prefix, id, topic_name) {
+        let Some(contract) = self.contract(id) else {
+            return; // removed from the configuration while its connection closes
+        };
+        match contract.classify(topic_name) {
             None => self.deny(id, &format!("publish to {topic_name:?}")),
-            Some(topic::Inbound::Result) => self.result(id, payload),
-            Some(topic::Inbound::Status) => match payload {
-                b"online" => self.set_reported_offline(id, false),
-                b"offline" => self.set_reported_offline(id, true),
-                _ => self.malformed(id, "status must be \"online\" or \"offline\""),
+            Some(Inbound::Ignored) => {
+                log::debug!(appliance = id; "dropped a publish to {topic_name:?} (not used by the gateway)");
+            }
+            Some(Inbound::Answer) => self.answer(id, &contract, topic_name, payload),
+            Some(Inbound::Presence) => match contract.presence(payload) {
+                Ok(online) => self.set_reported_offline(id, !online),
+                Err(why) => self.malformed(id, why),
             },
-            Some(topic::Inbound::Events) => {
+            Some(Inbound::Event) => {
                 if !self.admit_event(id) {
                     return;
                 }
-                match serde_json::from_slice::<Value>(payload) {
-                    Ok(payload) if nesting_depth(&payload) > MAX_PAYLOAD_DEPTH => self
-                        .report_malformed(
-                            id,
-                            &format!("event nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
-                        ),
+                match contract.event(topic_name, payload) {
                     Ok(payload) => self.outbox.push_event(Event {
                         appliance: Some(id.to_owned()),
                         kind: "event".into(),
                         payload,
                     }),
-                    Err(e) => self.report_malformed(id, &format!("event is not JSON: {e}")),
+                    Err(why) => self.report_malformed(id, &why),
                 }
             }
         }
@@ -100,45 +101,58 @@ impl Hub {
         }
     }
 
-    fn result(&self, id: &str, payload: &[u8]) {
-        let msg: ResultMessage = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => return self.malformed(id, &format!("result is not valid: {e}")),
+    /// An answer: matched to the command waiting for it by the id it carries, or, when the
+    /// wire has none (or the answer is unreadable), to the one command waiting.
+    fn answer(&self, id: &str, contract: &Contract, topic_name: &str, payload: &[u8]) {
+        let answer = contract.answer(payload);
+        let waiter = {
+            let mut slots = self.lock();
+            let slot = slots.get_mut(id);
+            match (slot, &answer.key) {
+                (Some(s), Some(key)) => s.waiting.remove(key),
+                // Nothing on the wire says which: the router sends an appliance one command
+                // at a time, so it is the one waiting, if one is. (Tether's own appliances
+                // name the command in every answer: one that does not is only dropped.)
+                (Some(s), None)
+                    if s.waiting.len() == 1 && contract.profile() != Profile::Tether =>
+                {
+                    s.waiting.drain().next().map(|(_, tx)| tx)
+                }
+                _ => None,
+            }
         };
-        if msg.id.len() > MAX_COMMAND_ID {
-            return self.malformed(id, "result id is longer than any command id");
-        }
-        let msg = match msg.payload.as_ref().map(nesting_depth) {
-            Some(depth) if depth > MAX_PAYLOAD_DEPTH => ResultMessage {
-                ok: false,
-                payload: None,
-                error: Some(format!(
-                    "appliance answered with a payload nested {depth} levels deep; the limit is {MAX_PAYLOAD_DEPTH}"
-                )),
-                ..msg
-            },
-            _ => msg,
+        let outcome = match answer.outcome {
+            Ok(outcome) => outcome,
+            Err(why) => {
+                self.malformed(id, &why);
+                Outcome::Error(format!("the appliance's answer could not be read: {why}"))
+            }
         };
-        let waiter = self
-            .lock()
-            .get_mut(id)
-            .and_then(|s| s.waiting.remove(&msg.id));
         let Some(tx) = waiter else {
+            if !contract.answers_carry_ids() {
+                // A change the device reports on its own (a button pressed): an event.
+                if self.admit_event(id)
+                    && let Outcome::Ok(Some(data)) = outcome
+                {
+                    self.outbox.push_event(Event {
+                        appliance: Some(id.to_owned()),
+                        kind: "event".into(),
+                        payload: json!({ "topic": topic_name, "data": data }),
+                    });
+                }
+                return;
+            }
+            if answer.key.is_none() {
+                return; // unreadable, and counted as malformed above
+            }
             let n = self.stats.unknown_results.fetch_add(1, Ordering::Relaxed) + 1;
             // Counted always; logged within the appliance's event budget.
             if self.admit_event(id) {
-                log::warn!(appliance = id, command_id = msg.id.as_str(), count = n;
+                let key = answer.key.as_deref().unwrap_or_default();
+                log::warn!(appliance = id, command_id = key, count = n;
                     "result for a command that is not waiting (late, repeated or unknown); dropped");
             }
             return;
-        };
-        let outcome = if msg.ok {
-            Outcome::Ok(msg.payload)
-        } else {
-            Outcome::Error(
-                msg.error
-                    .unwrap_or_else(|| "appliance reported failure".into()),
-            )
         };
         let _ = tx.send(outcome);
     }

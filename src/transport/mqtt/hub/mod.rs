@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Secret, Verifier};
 use super::limits::Bucket;
+use super::profile::Contract;
 use crate::cloud::wire::Event;
 use crate::journal::Journal;
 use crate::outbox::Outbox;
@@ -62,10 +63,16 @@ pub struct Sessions {
     pub known: Vec<(String, u8)>,
 }
 
+/// A configured appliance as the endpoint knows it: how it authenticates, and its topics.
+#[derive(Clone, PartialEq)]
+pub struct Member {
+    pub secret: Secret,
+    pub contract: Arc<Contract>,
+}
+
 pub struct Hub {
-    prefix: String,
     max_payload: usize,
-    passwords: std::sync::RwLock<HashMap<String, Secret>>,
+    members: std::sync::RwLock<HashMap<String, Member>>,
     verifier: Verifier,
     slots: Mutex<HashMap<String, Slot>>,
     outbox: Arc<Outbox>,
@@ -77,6 +84,8 @@ pub struct Hub {
     event_rate: AtomicU32,
     /// Where persistent sessions are remembered across restarts.
     sessions: Option<Journal>,
+    /// Request ids for firmwares that match answers by number (Shelly RPC).
+    next_seq: AtomicU64,
     pub stats: Stats,
     /// Woken when an appliance comes online or goes offline (the STATUS line follows).
     pub changed: Notify,
@@ -130,15 +139,14 @@ pub struct Attached {
 
 impl Hub {
     pub fn new(
-        prefix: String,
         max_payload: usize,
-        passwords: HashMap<String, Secret>,
+        members: HashMap<String, Member>,
         outbox: Arc<Outbox>,
         startup_grace: std::time::Duration,
         event_rate: u32,
         sessions: Sessions,
     ) -> Hub {
-        let mut slots: HashMap<String, Slot> = passwords
+        let mut slots: HashMap<String, Slot> = members
             .keys()
             .map(|id| (id.clone(), Slot::default()))
             .collect();
@@ -156,9 +164,8 @@ impl Hub {
             }
         }
         Hub {
-            prefix,
             max_payload,
-            passwords: std::sync::RwLock::new(passwords),
+            members: std::sync::RwLock::new(members),
             verifier: Verifier::default(),
             slots: Mutex::new(slots),
             outbox,
@@ -166,6 +173,7 @@ impl Hub {
             grace_until: Instant::now() + startup_grace,
             event_rate: AtomicU32::new(event_rate.max(1)),
             sessions: sessions.journal,
+            next_seq: AtomicU64::new(1),
             stats: Stats::default(),
             changed: Notify::new(),
         }
@@ -175,10 +183,6 @@ impl Hub {
         if let Some(journal) = &self.sessions {
             journal.note_session(id, qos.map(|q| q as u8));
         }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -200,35 +204,55 @@ impl Hub {
             return false;
         }
         let secret = self
-            .passwords
+            .members
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(user)
-            .cloned();
+            .map(|m| m.secret.clone());
         match secret {
             Some(secret) => self.verifier.verify(&secret, pass).await,
             None => false,
         }
     }
 
+    /// The topics and message formats of appliance `id`.
+    pub fn contract(&self, id: &str) -> Option<Arc<Contract>> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|m| m.contract.clone())
+    }
+
     /// Applies a reloaded appliance list: new appliances may connect; a removed one, or one
-    /// whose password changed, is disconnected (it must authenticate again).
-    pub fn reconfigure(&self, passwords: HashMap<String, Secret>, event_rate: u32) {
+    /// whose password or profile changed, is disconnected (it must authenticate and
+    /// subscribe again).
+    pub fn reconfigure(&self, members: HashMap<String, Member>, event_rate: u32) {
         self.event_rate.store(event_rate.max(1), Ordering::Relaxed);
         let old = std::mem::replace(
-            &mut *self.passwords.write().unwrap_or_else(|e| e.into_inner()),
-            passwords.clone(),
+            &mut *self.members.write().unwrap_or_else(|e| e.into_inner()),
+            members.clone(),
         );
         let mut slots = self.lock();
-        for id in passwords.keys() {
+        for id in members.keys() {
             slots.entry(id.clone()).or_default();
         }
-        for (id, password) in &old {
-            let removed = !passwords.contains_key(id);
-            if removed || passwords.get(id) != Some(password) {
+        for (id, member) in &old {
+            let removed = !members.contains_key(id);
+            if removed || members.get(id) != Some(member) {
                 if let Some(conn) = slots.get(id).and_then(|s| s.conn.as_ref()) {
                     log::info!(appliance = id.as_str(); "configuration changed: disconnecting the appliance");
                     conn.kick.cancel();
+                }
+                let retopiced = members
+                    .get(id)
+                    .is_some_and(|m| m.contract != member.contract);
+                if retopiced && let Some(slot) = slots.get_mut(id) {
+                    // A session kept across reconnects subscribed to the old topics.
+                    slot.subscription = None;
+                    if std::mem::take(&mut slot.persistent) {
+                        self.remember_session(id, None);
+                    }
                 }
                 if removed && let Some(slot) = slots.remove(id) {
                     // A command waiting for it ends now (`unreachable`), not when its
