@@ -32,6 +32,7 @@ use crate::cloud::driver::{Driver, Reconfigure, Uplink};
 use crate::cloud::session::{Session, SessionConfig};
 use crate::cloud::tls::{self, SetupError};
 use crate::cloud::wire::Event;
+use crate::config::MqttMode;
 use crate::config::{Config, reload};
 use crate::fleet::{self, Fleet, FleetHandle, Store};
 use crate::health::Health;
@@ -52,6 +53,8 @@ pub enum StartError {
     Journal(#[from] JournalError),
     #[error("mqtt TLS listener: {0}")]
     MqttTls(SetupError),
+    #[error("mqtt broker: {0}")]
+    MqttBroker(SetupError),
     #[error("metrics.listen {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -61,7 +64,8 @@ pub enum StartError {
 
 /// A running daemon.
 pub struct App {
-    pub mqtt_addr: SocketAddr,
+    /// The endpoint's address; none with an external broker.
+    pub mqtt_addr: Option<SocketAddr>,
     pub mqtt: mqtt::MqttHandle,
     pub outbox: Arc<Outbox>,
     pub router: Router,
@@ -86,6 +90,7 @@ pub struct App {
 pub fn check_files(config: &Config) -> Result<(), StartError> {
     Uplink::new(&config.cloud, &config.gateway.id)?;
     mqtt_acceptor(config)?;
+    broker_link(config)?;
     Ok(())
 }
 
@@ -99,6 +104,16 @@ fn mqtt_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, S
         }
         _ => Ok(None),
     }
+}
+
+/// The link to an external broker, when `mqtt.mode = "external"`.
+fn broker_link(config: &Config) -> Result<Option<mqtt::external::Link>, StartError> {
+    if config.mqtt.mode != MqttMode::External {
+        return Ok(None);
+    }
+    mqtt::external::Link::load(config)
+        .map(Some)
+        .map_err(StartError::MqttBroker)
 }
 
 /// A digest of the cloud identity files' contents: a certificate renewed in place (same
@@ -198,28 +213,42 @@ impl App {
                 payload: serde_json::json!({ "error": reason }),
             });
         }
-        let tls = mqtt_acceptor(config)?;
-        let sessions = mqtt::Sessions {
-            journal: Some(journal.clone()),
-            known: recovery.sessions,
+        let (mqtt, mqtt_addr) = match broker_link(config)? {
+            Some(link) => {
+                let b = config.mqtt.broker.as_deref().unwrap_or_default();
+                log::info!(
+                    "mqtt: the endpoint does not run; appliances are at the external broker {b}"
+                );
+                let handle =
+                    mqtt::start_external(config, link, outbox.clone(), &tracker, cancel.clone());
+                (handle, None)
+            }
+            None => {
+                let tls = mqtt_acceptor(config)?;
+                let sessions = mqtt::Sessions {
+                    journal: Some(journal.clone()),
+                    known: recovery.sessions,
+                };
+                let (mqtt, mqtt_addr, mqtt_tls_addr) = mqtt::start(
+                    config,
+                    tls,
+                    outbox.clone(),
+                    sessions,
+                    &tracker,
+                    cancel.clone(),
+                )
+                .await?;
+                log::info!("mqtt endpoint listening on {mqtt_addr}");
+                if let Some(addr) = mqtt_tls_addr {
+                    log::info!("mqtt TLS endpoint listening on {addr}");
+                }
+                mqtt::exposure::warn_if_exposed("mqtt.listen", config.mqtt.listen);
+                if let Some(addr) = mqtt_tls_addr {
+                    mqtt::exposure::warn_if_exposed("mqtt.tls_listen", addr);
+                }
+                (mqtt, Some(mqtt_addr))
+            }
         };
-        let (mqtt, mqtt_addr, mqtt_tls_addr) = mqtt::start(
-            config,
-            tls,
-            outbox.clone(),
-            sessions,
-            &tracker,
-            cancel.clone(),
-        )
-        .await?;
-        log::info!("mqtt endpoint listening on {mqtt_addr}");
-        if let Some(addr) = mqtt_tls_addr {
-            log::info!("mqtt TLS endpoint listening on {addr}");
-        }
-        mqtt::exposure::warn_if_exposed("mqtt.listen", config.mqtt.listen);
-        if let Some(addr) = mqtt_tls_addr {
-            mqtt::exposure::warn_if_exposed("mqtt.tls_listen", addr);
-        }
         // --- BLE transport (docs/ble.md): started only when BLE appliances are configured;
         // it never fails to start (a missing adapter is waited for, BLE commands are
         // `unreachable` meanwhile).

@@ -90,11 +90,14 @@ lights = ["lamp-1", "lamp-2"]
     ))
     .map_err(|p| format!("demo config: {p:?}"))?;
     let app = App::start(&config).await.map_err(|e| e.to_string())?;
+    let endpoint = app
+        .mqtt_addr
+        .ok_or("demo: the MQTT endpoint did not start")?;
     println!("tetherd demo");
     println!("  devcloud   https://{https} (TLS, HTTP/2), admin http://{admin}");
-    println!("  tetherd    MQTT endpoint on {}", app.mqtt_addr);
+    println!("  tetherd    MQTT endpoint on {endpoint}");
     for id in ONLINE {
-        spawn_appliance(id, app.mqtt_addr.port()).await?;
+        spawn_appliance(id, endpoint.port()).await?;
     }
     println!(
         "  appliances {} online, sensor-9 offline",

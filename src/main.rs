@@ -49,6 +49,9 @@ enum Cmd {
     Demo,
     /// Read a password on standard input and print its Argon2id hash for the config.
     HashPassword,
+    /// Print the Mosquitto access list (acl_file) for mqtt.mode = "external": each
+    /// appliance held to its own topics, the gateway to the ones it needs.
+    MosquittoAcl,
     /// Show what the journal holds: results owed, commands running (read-only).
     Journal {
         /// Rows listed per section.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::CheckConfig) => check_config(&cli.config),
         Some(Cmd::HashPassword) => hash_password(),
+        Some(Cmd::MosquittoAcl) => mosquitto_acl(&cli.config),
         Some(Cmd::Journal { limit }) => {
             let config = match load(&cli.config) {
                 Ok(c) => c,
@@ -251,6 +255,23 @@ fn hash_password() -> ExitCode {
             ExitCode::from(EX_SOFTWARE)
         }
     }
+}
+
+fn mosquitto_acl(path: &std::path::Path) -> ExitCode {
+    let file = match load(path) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(code) => return code,
+    };
+    // The cloud-managed appliances in force too, when this user may read the store.
+    let running = match tether::fleet::Store::load(&file.gateway.state_dir) {
+        Ok(store) => store.overlay(&file).0,
+        Err(e) => {
+            eprintln!("cloud-managed entries not included: {e}");
+            file
+        }
+    };
+    print!("{}", tether::transport::mqtt::acl::mosquitto_acl(&running));
+    ExitCode::SUCCESS
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

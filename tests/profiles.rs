@@ -8,96 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::firmware::{SHELLY, TASMOTA, firmware};
 use common::*;
 use serde_json::{Value, json};
-
-/// A Shelly Gen2 device: MQTT client id and user set to the appliance id, `topic_prefix`
-/// set to its device id. It subscribes to `<prefix>/rpc` (its RPC channel) and
-/// `<prefix>/command`, says `true` on `<prefix>/online` (its will says `false`), answers
-/// each request frame `{id, src, method, params}` on `<src>/rpc` with `{id, src, dst,
-/// result}` or `{..., error: {code, message}}`, and notifies changes on
-/// `<prefix>/events/rpc` (NotifyStatus).
-const SHELLY: &str = r#"
-import json, sys, time
-import paho.mqtt.client as mqtt
-host, port, name, pw, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-state = {"output": False}
-c = mqtt.Client(client_id=name, clean_session=True)
-c.username_pw_set(name, pw)
-c.will_set(f"{prefix}/online", "false", qos=1, retain=True)
-def on_connect(c, u, flags, rc):
-    c.publish(f"{prefix}/online", "true", qos=1, retain=True)
-    c.subscribe([(f"{prefix}/rpc", 1), (f"{prefix}/command", 1)])
-def on_subscribe(c, u, mid, granted):
-    print("READY", granted, flush=True)
-def on_message(c, u, msg):
-    req = json.loads(msg.payload)
-    out = {"id": req["id"], "src": prefix, "dst": req["src"]}
-    m, p = req.get("method"), req.get("params", {})
-    if m == "Switch.Set" and p.get("id") == 0:
-        out["result"] = {"was_on": state["output"]}
-        state["output"] = bool(p.get("on"))
-        c.publish(f"{prefix}/events/rpc", json.dumps({"src": prefix, "dst": f"{prefix}/events",
-            "method": "NotifyStatus", "params": {"ts": time.time(), "switch:0": {"id": 0, "output": state["output"]}}}), qos=1)
-    elif m == "Switch.GetStatus" and p.get("id") == 0:
-        out["result"] = {"id": 0, "source": "MQTT", "output": state["output"]}
-    elif m == "Switch.Set":
-        out["error"] = {"code": -105, "message": "Argument 'id', value %s not found!" % p.get("id")}
-    else:
-        out["error"] = {"code": 404, "message": "No handler for %s" % m}
-    c.publish(f"{req['src']}/rpc", json.dumps(out), qos=1)
-c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
-c.connect(host, port, keepalive=10)
-c.loop_forever()
-"#;
-
-/// A Tasmota device: MqttClient and MqttUser set to the appliance id, Topic to its topic,
-/// FullTopic the default `%prefix%/%topic%/`. It says `Online` on `tele/<topic>/LWT` (its
-/// will says `Offline`), subscribes to `cmnd/<topic>/#`, its group topic `cmnd/tasmotas/#`
-/// and its fallback topic `cmnd/<client>_fb/#`, announces itself on
-/// `tasmota/discovery/<mac>/config`, and answers each `cmnd/<topic>/<Command>` with JSON
-/// on `stat/<topic>/RESULT` (an unknown command with `{"Command":"Unknown"}`), followed,
-/// for power, by the bare state on `stat/<topic>/POWER1`.
-const TASMOTA: &str = r#"
-import json, sys
-import paho.mqtt.client as mqtt
-host, port, name, pw, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-state = {"POWER1": "OFF", "Dimmer": 0}
-c = mqtt.Client(client_id=name, clean_session=True)
-c.username_pw_set(name, pw)
-c.will_set(f"tele/{topic}/LWT", "Offline", qos=1, retain=True)
-def on_connect(c, u, flags, rc):
-    c.publish(f"tele/{topic}/LWT", "Online", qos=1, retain=True)
-    c.subscribe([(f"cmnd/{topic}/#", 0), ("cmnd/tasmotas/#", 0), (f"cmnd/{name}_fb/#", 0)])
-    c.publish("tasmota/discovery/A4CF12345678/config", json.dumps({"t": topic}), qos=0, retain=True)
-def on_subscribe(c, u, mid, granted):
-    print("READY", granted, flush=True)
-def on_message(c, u, msg):
-    cmd = msg.topic.split("/")[-1].upper()
-    val = msg.payload.decode()
-    res = f"stat/{topic}/RESULT"
-    if cmd in ("POWER", "POWER1"):
-        if val.upper() in ("ON", "OFF"):
-            state["POWER1"] = val.upper()
-        elif val.upper() == "TOGGLE":
-            state["POWER1"] = "OFF" if state["POWER1"] == "ON" else "ON"
-        c.publish(res, json.dumps({"POWER1": state["POWER1"]}))
-        c.publish(f"stat/{topic}/POWER1", state["POWER1"])
-    elif cmd == "DIMMER":
-        if val:
-            state["Dimmer"] = max(0, min(100, int(val)))
-        c.publish(res, json.dumps({"Dimmer": state["Dimmer"]}))
-    elif cmd == "GARBLE":
-        c.publish(res, "{not json")
-    else:
-        c.publish(res, json.dumps({"Command": "Unknown"}))
-c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
-c.connect(host, port, keepalive=10)
-c.loop_forever()
-"#;
 
 const PROFILES: &str = r#"
 [[appliance]]
@@ -121,28 +36,6 @@ password = "pw-porch"
 profile = "tasmota"
 "#;
 
-/// Starts one of the firmware scripts and waits until its subscriptions are answered.
-fn firmware(script: &str, daemon: &Tetherd, id: &str, topic: &str) -> (KillOnDrop, String) {
-    let mut child: Child = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            script,
-            "127.0.0.1",
-            &daemon.mqtt.port().to_string(),
-            id,
-        ])
-        .arg(password(id))
-        .arg(topic)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with paho-mqtt (Debian: python3-paho-mqtt)");
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    (KillOnDrop(Some(child)), ready)
-}
-
 async fn run(cloud: &DevCloud, target: &str, payload: Value) -> Value {
     let id = cloud
         .enqueue(json!({"target": target, "payload": payload, "timeout_ms": 20000}))
@@ -157,7 +50,7 @@ async fn a_shelly_and_a_tasmota_answer_commands_through_their_own_topics() {
     let cfg = config(dir.path(), &cloud, &[], PROFILES);
     let daemon = Tetherd::start(&cfg);
 
-    let (_shelly, ready) = firmware(SHELLY, &daemon, "plug", "shellyplus1-a8032ab1");
+    let (_shelly, _, ready) = firmware(SHELLY, daemon.mqtt, "plug", "shellyplus1-a8032ab1");
     assert!(ready.starts_with("READY (1, 1)"), "shelly said {ready:?}");
     let r = run(
         &cloud,
@@ -202,7 +95,7 @@ async fn a_shelly_and_a_tasmota_answer_commands_through_their_own_topics() {
         "{r}"
     );
 
-    let (mut tasmota, ready) = firmware(TASMOTA, &daemon, "hall", "hall-light");
+    let (mut tasmota, _, ready) = firmware(TASMOTA, daemon.mqtt, "hall", "hall-light");
     // Its own command topic granted; the group and fallback topics refused.
     assert!(
         ready.starts_with("READY (0, 128, 128)"),
@@ -314,7 +207,7 @@ async fn a_tasmota_cannot_reach_another_appliances_topics() {
             .await;
     }
     // The porch Tasmota waits for a command's answer; `hall` forges one on porch's topic.
-    let (_porch, ready) = firmware(TASMOTA, &daemon, "porch", "porch");
+    let (_porch, _, ready) = firmware(TASMOTA, daemon.mqtt, "porch", "porch");
     assert!(ready.starts_with("READY (0,"), "porch said {ready:?}");
     for topic in ["stat/porch/RESULT", "tele/porch/LWT", "tether/porch/rpc"] {
         let sent = Command::new("mosquitto_pub")

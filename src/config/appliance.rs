@@ -194,7 +194,14 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
 }
 
 /// The appliances' own rules: ids unique and well-formed, each transport's keys.
-pub(super) fn check_appliances(v: &mut Checker, list: &[(usize, ApplianceConfig)], prefix: &str) {
+pub(super) fn check_appliances(
+    v: &mut Checker,
+    list: &[(usize, ApplianceConfig)],
+    mqtt: &super::MqttConfig,
+) {
+    let prefix = mqtt.topic_prefix.as_str();
+    // With an external broker, the broker authenticates the appliances.
+    let external = mqtt.mode == super::MqttMode::External;
     let mut seen = HashSet::new();
     let mut checked: Vec<ApplianceConfig> = Vec::new();
     for (i, a) in list {
@@ -209,7 +216,7 @@ pub(super) fn check_appliances(v: &mut Checker, list: &[(usize, ApplianceConfig)
             );
         }
         match (a.transport, &a.password) {
-            (TransportKind::Mqtt, None) => v.err(
+            (TransportKind::Mqtt, None) if !external => v.err(
                 &["appliance", &idx, "password"],
                 "required for MQTT appliances",
             ),

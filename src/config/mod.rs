@@ -36,7 +36,7 @@ pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
 pub use cloud::{CloudConfig, WireEncoding};
 pub use gateway::GatewayConfig;
 pub use metrics::MetricsConfig;
-pub use mqtt::MqttConfig;
+pub use mqtt::{Broker, MqttConfig, MqttMode};
 pub use router::RouterConfig;
 pub use state::{StateConfig, SyncMode};
 
@@ -205,7 +205,7 @@ impl Config {
         log.check(&mut v);
         metrics.check(&mut v);
         ble.check(&mut v, &p.appliances);
-        appliance::check_appliances(&mut v, &p.appliances, &mqtt.topic_prefix);
+        appliance::check_appliances(&mut v, &p.appliances, &mqtt);
         appliance::check_groups(&mut v, &p.groups, &p.declared);
         match (p.gateway, p.cloud, doc.is_clean()) {
             (Some(gateway), Some(cloud), true) => Ok(Config {
@@ -230,8 +230,13 @@ impl Config {
 
     /// Parses a text that holds only `[[appliance]]` tables and a `[groups]` table (the
     /// cloud-managed entries, the `fleet` module), by the rules the file's own entries obey.
-    /// Groups may also name the appliances in `known` (the file's).
-    pub fn parse_entries(text: &str, known: &HashSet<String>) -> Result<Entries, Vec<Problem>> {
+    /// Groups may also name the appliances in `known` (the file's); `mqtt` is the file's
+    /// `[mqtt]` (its topic prefix and mode).
+    pub fn parse_entries(
+        text: &str,
+        known: &HashSet<String>,
+        mqtt: &MqttConfig,
+    ) -> Result<Entries, Vec<Problem>> {
         let mut doc = spans::Doc::new(text);
         let root = parse_toml(text, &doc)?;
         let root = root.get_ref();
@@ -253,9 +258,7 @@ impl Config {
             root,
         };
         BleConfig::default().check(&mut v, &p.appliances);
-        // The prefix is the file's: the fleet checks cloud entries against it again.
-        let prefix = MqttConfig::default().topic_prefix;
-        appliance::check_appliances(&mut v, &p.appliances, &prefix);
+        appliance::check_appliances(&mut v, &p.appliances, mqtt);
         appliance::check_groups(&mut v, &p.groups, &p.declared);
         if !doc.is_clean() {
             return Err(doc.into_problems());

@@ -1,4 +1,6 @@
-//! `[mqtt]`: the daemon's own MQTT endpoint for appliances: listeners, sizes, rates.
+//! `[mqtt]`: how MQTT appliances are reached. By default the daemon's own endpoint
+//! (listeners, sizes, rates); with `mode = "external"`, a broker the site already runs,
+//! which the daemon joins as a client (`broker*` keys).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +53,91 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// `endpoint`: appliances connect to the daemon. `external`: the daemon connects to
+    /// `broker` as a client, and the broker authenticates and confines the appliances.
+    #[serde(default)]
+    pub mode: MqttMode,
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// The daemon's client id at the broker; default `tetherd-{gateway.id}`.
+    #[serde(default)]
+    pub broker_client_id: Option<String>,
+    #[serde(default)]
+    pub broker_username: Option<String>,
+    /// File holding the password for `broker_username` (mode 0640 at most).
+    #[serde(default)]
+    pub broker_password_file: Option<PathBuf>,
+    /// Trust only this CA (PEM) for an `mqtts://` broker instead of the system roots.
+    #[serde(default)]
+    pub broker_ca_file: Option<PathBuf>,
+    #[serde(default = "default_broker_keep_alive", with = "humantime_serde")]
+    pub broker_keep_alive: Duration,
+}
+
+/// Who runs the MQTT broker the appliances talk to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    #[default]
+    Endpoint,
+    External,
+}
+
+/// `mqtt.broker`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let bad = || format!("{url:?} must be mqtt://host[:port] or mqtts://host[:port]");
+        let (tls, rest) = match url.split_once("://") {
+            Some(("mqtt", rest)) => (false, rest),
+            Some(("mqtts", rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+            return Err(bad());
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// Whether the broker is this machine (a plain `mqtt://` link then never leaves it).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 impl Section for MqttConfig {
@@ -71,6 +158,13 @@ impl Section for MqttConfig {
         ("tls_listen", Apply::Restart),
         ("tls_cert", Apply::Restart),
         ("tls_key", Apply::Restart),
+        ("mode", Apply::Restart),
+        ("broker", Apply::Restart),
+        ("broker_client_id", Apply::Restart),
+        ("broker_username", Apply::Restart),
+        ("broker_password_file", Apply::Restart),
+        ("broker_ca_file", Apply::Restart),
+        ("broker_keep_alive", Apply::Restart),
     ];
 }
 
@@ -101,6 +195,9 @@ fn default_max_event_rate() -> u32 {
 fn default_max_connect_rate() -> u32 {
     10
 }
+fn default_broker_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_startup_grace() -> Duration {
     Duration::from_secs(10)
 }
@@ -121,6 +218,13 @@ impl Default for MqttConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            mode: MqttMode::Endpoint,
+            broker: None,
+            broker_client_id: None,
+            broker_username: None,
+            broker_password_file: None,
+            broker_ca_file: None,
+            broker_keep_alive: default_broker_keep_alive(),
         }
     }
 }
@@ -148,11 +252,62 @@ impl MqttConfig {
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             v.err(&["mqtt", "tls_listen"], "needs tls_cert and tls_key");
         }
+        self.check_broker(v);
         if self.tls_listen.is_some()
             && self.tls_listen == Some(self.listen)
             && self.listen.port() != 0
         {
             v.err(&["mqtt", "tls_listen"], "must differ from mqtt.listen");
         }
+    }
+
+    fn check_broker(&self, v: &mut Checker) {
+        let external = self.mode == MqttMode::External;
+        if !external {
+            for (key, set) in [
+                ("broker", self.broker.is_some()),
+                ("broker_client_id", self.broker_client_id.is_some()),
+                ("broker_username", self.broker_username.is_some()),
+                ("broker_password_file", self.broker_password_file.is_some()),
+                ("broker_ca_file", self.broker_ca_file.is_some()),
+            ] {
+                if set {
+                    v.err(&["mqtt", key], "only with mqtt.mode = \"external\"");
+                }
+            }
+            return;
+        }
+        match &self.broker {
+            None => v.err(&["mqtt", "mode"], "\"external\" needs mqtt.broker"),
+            Some(url) => match Broker::parse(url) {
+                Ok(b) if !b.tls && self.broker_ca_file.is_some() => {
+                    v.err(&["mqtt", "broker_ca_file"], "only for an mqtts:// broker")
+                }
+                Ok(_) => {}
+                Err(e) => v.err(&["mqtt", "broker"], e),
+            },
+        }
+        if let Some(id) = &self.broker_client_id
+            && let Err(e) = check_id(id)
+        {
+            v.err(&["mqtt", "broker_client_id"], e);
+        }
+        if self.broker_password_file.is_some() && self.broker_username.is_none() {
+            v.err(&["mqtt", "broker_password_file"], "needs broker_username");
+        }
+        if self.tls_listen.is_some() {
+            v.err(
+                &["mqtt", "tls_listen"],
+                "the endpoint does not run with mqtt.mode = \"external\"",
+            );
+        }
+        v.above_zero("mqtt", "broker_keep_alive", self.broker_keep_alive);
+        v.at_most(
+            "mqtt",
+            "broker_keep_alive",
+            self.broker_keep_alive,
+            HOUR,
+            "1h",
+        );
     }
 }

@@ -573,3 +573,65 @@ fn profiles_parse_and_their_problems_are_named_with_their_line() {
         problems(&text)
     );
 }
+
+#[test]
+fn external_broker_keys_are_checked_by_key_and_line() {
+    let with_mqtt =
+        |body: &str| MINIMAL.replace("[[appliance]]", &format!("[mqtt]\n{body}\n[[appliance]]"));
+    let ok = with_mqtt(
+        "mode = \"external\"\nbroker = \"mqtts://broker.lan\"\nbroker_username = \"gw\"\nbroker_password_file = \"/etc/tether/bp\"\n",
+    );
+    let c =
+        Config::parse(&ok.replace("password = \"pw\"\n", "")).unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(c.mqtt.mode, MqttMode::External);
+    assert_eq!(
+        Broker::parse(c.mqtt.broker.as_deref().unwrap()).unwrap(),
+        Broker {
+            tls: true,
+            host: "broker.lan".into(),
+            port: 8883
+        }
+    );
+    assert_eq!(Broker::parse("mqtt://[::1]:1884").unwrap().port, 1884);
+    assert!(Broker::parse("mqtt://[::1]:1884").unwrap().is_loopback());
+    for (body, key, says) in [
+        ("mode = \"external\"\n", "mqtt.mode", "needs mqtt.broker"),
+        (
+            "mode = \"external\"\nbroker = \"http://b\"\n",
+            "mqtt.broker",
+            "mqtt://host",
+        ),
+        (
+            "mode = \"external\"\nbroker = \"mqtt://b:0\"\n",
+            "mqtt.broker",
+            "mqtt://host",
+        ),
+        (
+            "mode = \"external\"\nbroker = \"mqtt://b\"\nbroker_ca_file = \"/x\"\n",
+            "mqtt.broker_ca_file",
+            "mqtts://",
+        ),
+        (
+            "mode = \"external\"\nbroker = \"mqtt://b\"\nbroker_password_file = \"/x\"\n",
+            "mqtt.broker_password_file",
+            "needs broker_username",
+        ),
+        (
+            "broker = \"mqtt://b\"\n",
+            "mqtt.broker",
+            "only with mqtt.mode",
+        ),
+        ("mode = \"cloud\"\n", "mqtt.mode", "unknown variant"),
+    ] {
+        let p = problems(&with_mqtt(body));
+        assert!(
+            p.iter()
+                .any(|p| p.key == key && p.message.contains(says) && p.line.is_some()),
+            "{body:?}: {p:#?}"
+        );
+    }
+    // An appliance's password is the broker's business in external mode, the endpoint's
+    // otherwise.
+    let p = problems(&MINIMAL.replace("password = \"pw\"\n", ""));
+    assert!(p.iter().any(|p| p.key == "appliance[0].password"), "{p:#?}");
+}

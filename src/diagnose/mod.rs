@@ -159,7 +159,11 @@ pub async fn run(path: &Path) -> (Report, Option<Config>) {
     }
     cloud(&mut r, &config).await;
     client_certificate(&mut r, &config);
-    listen_addresses(&mut r, &config);
+    if config.mqtt.mode == crate::config::MqttMode::External {
+        broker(&mut r, &config).await;
+    } else {
+        listen_addresses(&mut r, &config);
+    }
     ble_adapter(&mut r, &config);
     journal(&mut r, &config);
     daemon(&mut r, &config);
@@ -432,6 +436,29 @@ fn client_certificate(r: &mut Report, config: &Config) {
                 path.display()
             ),
             "cloud.client_cert must hold the gateway's certificate (PEM), first in the file",
+        ),
+    }
+}
+
+/// External broker mode: the broker reachable, its certificate verified, the login taken.
+async fn broker(r: &mut Report, config: &Config) {
+    let url = config.mqtt.broker.clone().unwrap_or_default();
+    let link = match crate::transport::mqtt::external::Link::load(config) {
+        Ok(link) => link,
+        Err(e) => {
+            return r.fail(
+                "mqtt broker",
+                e.to_string(),
+                "fix the mqtt.broker* keys or the files they name",
+            );
+        }
+    };
+    match link.probe().await {
+        Ok(how) => r.ok("mqtt broker", format!("{url}: logged in ({how})")),
+        Err(e) => r.fail(
+            "mqtt broker",
+            format!("{url}: {e}"),
+            "is the broker running and reachable from here? mqtt.broker_username and mqtt.broker_password_file must be a user of the broker; an mqtts:// broker's certificate must name its host and chain to mqtt.broker_ca_file or the system's trust store",
         ),
     }
 }

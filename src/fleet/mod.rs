@@ -376,7 +376,7 @@ impl Fleet {
             Ok(_) => return no("appliance: must be an object"),
             Err(e) => return no(format!("appliance: {e}")),
         };
-        let parsed = store::parse_appliance(&table).map_err(|problems| {
+        let parsed = store::parse_appliance(&table, &self.file.mqtt).map_err(|problems| {
             let why: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             rejected(why.join("; "))
         })?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ApplianceConfig, Config, Problem, topic_clash};
+use crate::config::{ApplianceConfig, Config, MqttConfig, Problem, topic_clash};
 use crate::status::Ignored;
 
 /// The store's file name in `gateway.state_dir`.
@@ -126,7 +126,7 @@ impl Store {
         let mut config = Config::clone(file);
         let mut ignored = Vec::new();
         for (id, table) in &self.appliances {
-            let entry = match parse_appliance(table) {
+            let entry = match parse_appliance(table, &file.mqtt) {
                 Ok(a) => a,
                 Err(problems) => {
                     let why = problems
@@ -210,7 +210,10 @@ pub fn same_device<'a>(list: &'a [ApplianceConfig], entry: &ApplianceConfig) -> 
 
 /// Checks one appliance entry by the file's rules; the problems name the key as
 /// `appliance.KEY`.
-pub fn parse_appliance(table: &toml::Table) -> Result<ApplianceConfig, Vec<Problem>> {
+pub fn parse_appliance(
+    table: &toml::Table,
+    mqtt: &MqttConfig,
+) -> Result<ApplianceConfig, Vec<Problem>> {
     #[derive(Serialize)]
     struct One<'a> {
         appliance: [&'a toml::Table; 1],
@@ -222,7 +225,7 @@ pub fn parse_appliance(table: &toml::Table) -> Result<ApplianceConfig, Vec<Probl
             message: e.to_string(),
         }]
     })?;
-    match Config::parse_entries(&text, &HashSet::new()) {
+    match Config::parse_entries(&text, &HashSet::new(), mqtt) {
         Ok(mut entries) if entries.appliances.len() == 1 => Ok(entries.appliances.remove(0)),
         Ok(_) => Err(vec![Problem {
             key: "appliance".into(),

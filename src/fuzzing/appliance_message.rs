@@ -119,7 +119,7 @@ fn firmware_messages(data: &[u8]) {
         let text = "[[appliance]]\nid = \"s\"\ntransport = \"mqtt\"\npassword = \"p\"\nprofile = \"shelly-rpc\"\n\
                     [[appliance]]\nid = \"t\"\ntransport = \"mqtt\"\npassword = \"p\"\nprofile = \"tasmota\"\n\
                     [[appliance]]\nid = \"o\"\ntransport = \"mqtt\"\npassword = \"p\"\n";
-        let entries = crate::config::Config::parse_entries(text, &Default::default())
+        let entries = crate::config::Config::parse_entries(text, &Default::default(), &Default::default())
             .unwrap_or_else(|p| panic!("harness: profile entries: {p:?}"));
         entries
             .appliances

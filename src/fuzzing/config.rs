@@ -19,7 +19,11 @@ pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     // The same text as cloud-managed entries (`managed.toml`, a gateway command's entry),
     // which are checked by the file's rules on their own.
-    if let Ok(entries) = Config::parse_entries(&text, &std::collections::HashSet::new()) {
+    if let Ok(entries) = Config::parse_entries(
+        &text,
+        &std::collections::HashSet::new(),
+        &crate::config::MqttConfig::default(),
+    ) {
         for a in &entries.appliances {
             let _ = format!("{a:?}");
         }

@@ -17,6 +17,8 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+pub mod firmware;
+
 pub const GATEWAY: &str = "gw-test";
 /// Upper bound for any single wait; reached only when something is broken.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -103,17 +105,26 @@ impl Lines {
 
     /// Waits (blocking) for a line containing `needle` at index >= `from`; returns it.
     pub fn wait_from(&self, from: usize, needle: &str) -> String {
+        self.wait_any_from(from, &[needle])
+    }
+
+    /// Waits (blocking) for a line containing any of `needles` at index >= `from`.
+    pub fn wait_any_from(&self, from: usize, needles: &[&str]) -> String {
         let (lock, cvar) = &*self.inner;
         let deadline = std::time::Instant::now() + PATIENCE;
         let mut lines = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(l) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+            let found = lines
+                .iter()
+                .skip(from)
+                .find(|l| needles.iter().any(|n| l.contains(n)));
+            if let Some(l) = found {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             assert!(
                 !left.is_zero(),
-                "no line containing {needle:?}; got:\n{}",
+                "no line containing {needles:?}; got:\n{}",
                 lines.join("\n")
             );
             lines = cvar
@@ -501,11 +512,18 @@ impl Tetherd {
         log.follow(child.stderr.take().unwrap(), "tetherd");
         // A daemon that never gets there is killed with the failing test, not left running.
         let mut guard = KillOnDrop(Some(child));
-        let line = log.wait_for("mqtt endpoint listening on ");
+        // The endpoint's address; with an external broker (no endpoint), the broker's.
+        let line = log.wait_any_from(
+            0,
+            &[
+                "mqtt endpoint listening on ",
+                "appliances are at the external broker",
+            ],
+        );
         let child = guard.0.take().unwrap();
         let mqtt = line
             .split_whitespace()
-            .find_map(|w| w.parse().ok())
+            .find_map(|w| w.trim_start_matches("mqtt://").parse().ok())
             .unwrap_or_else(|| panic!("bad listening line: {line}"));
         Tetherd { child, log, mqtt }
     }

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 pub enum Secret {
     Plain(String),
     Hashed(String),
+    /// None configured (an external broker authenticates the appliance): never matches.
+    Unset,
 }
 
 impl Secret {
@@ -37,6 +39,7 @@ impl PartialEq for Secret {
     fn eq(&self, other: &Secret) -> bool {
         match (self, other) {
             (Secret::Plain(a), Secret::Plain(b)) | (Secret::Hashed(a), Secret::Hashed(b)) => a == b,
+            (Secret::Unset, Secret::Unset) => true,
             _ => false,
         }
     }
@@ -69,6 +72,7 @@ impl Default for Verifier {
 impl Verifier {
     pub async fn verify(&self, secret: &Secret, presented: &str) -> bool {
         match secret {
+            Secret::Unset => false,
             Secret::Plain(expected) => constant_time_eq(expected.as_bytes(), presented.as_bytes()),
             Secret::Hashed(hash) => {
                 let Ok(_permit) = self.slots.acquire().await else {

@@ -19,13 +19,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, MqttMode, TransportKind};
 use crate::outbox::Outbox;
 use crate::transport::{Dispatch, Outcome};
 
+pub mod acl;
 pub mod auth;
 mod conn;
 pub mod exposure;
+pub mod external;
 pub(crate) mod hub;
 pub mod limits;
 pub mod profile;
@@ -42,6 +44,8 @@ const FRAMING_ALLOWANCE: usize = 1024;
 pub struct MqttHandle {
     hub: Arc<hub::Hub>,
     connect_rate: Arc<Mutex<limits::ConnectRate>>,
+    /// External broker mode: tells the link to subscribe to a reloaded appliance list.
+    resubscribe: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl MqttHandle {
@@ -78,6 +82,9 @@ impl MqttHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .set_rate(config.mqtt.max_connect_rate);
+        if let Some(link) = &self.resubscribe {
+            link.notify_one();
+        }
     }
 }
 
@@ -91,6 +98,7 @@ pub(crate) fn new_hub(config: &Config, outbox: Arc<Outbox>, sessions: Sessions) 
         m.startup_grace,
         m.max_event_rate,
         sessions,
+        m.mode == MqttMode::External,
     )
 }
 
@@ -100,12 +108,16 @@ fn members(config: &Config) -> HashMap<String, hub::Member> {
         .appliances
         .iter()
         .filter(|a| a.transport == TransportKind::Mqtt)
-        .filter_map(|a| {
+        .map(|a| {
             let member = hub::Member {
-                secret: auth::Secret::from_config(a.password.as_deref()?),
+                // Required by the config's rules unless an external broker authenticates.
+                secret: a
+                    .password
+                    .as_deref()
+                    .map_or(auth::Secret::Unset, auth::Secret::from_config),
                 contract: Arc::new(profile::Contract::new(prefix, a)),
             };
-            Some((a.id.clone(), member))
+            (a.id.clone(), member)
         })
         .collect();
     let mut plain: Vec<&str> = members
@@ -121,6 +133,19 @@ fn members(config: &Config) -> HashMap<String, hub::Member> {
         );
     }
     members
+}
+
+/// Starts the link to an external broker (`mqtt.mode = "external"`) instead of the
+/// endpoint.
+pub fn start_external(
+    config: &Config,
+    link: external::Link,
+    outbox: Arc<Outbox>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> MqttHandle {
+    let hub = Arc::new(new_hub(config, outbox, Sessions::default()));
+    external::start(hub, link, tracker, cancel)
 }
 
 /// Binds `mqtt.listen` (and `mqtt.tls_listen` with `tls`) and starts accepting
@@ -171,7 +196,12 @@ pub async fn start(
         full,
     };
     tracker.spawn(accept_loop(listener, None, ctx));
-    Ok((MqttHandle { hub, connect_rate }, local, tls_local))
+    let handle = MqttHandle {
+        hub,
+        connect_rate,
+        resubscribe: None,
+    };
+    Ok((handle, local, tls_local))
 }
 
 /// A listener that could not be set up, named by its config key.

@@ -95,6 +95,46 @@ impl Contract {
         }
     }
 
+    /// What the gateway subscribes to for this appliance at an external broker: its
+    /// answers, presence and events.
+    pub fn inbound_filters(&self) -> Vec<String> {
+        let (p, i, t) = (&self.prefix, &self.id, &self.device);
+        match self.profile {
+            Profile::Tether => ["result", "status", "events"]
+                .map(|k| format!("{p}/{i}/{k}"))
+                .to_vec(),
+            Profile::ShellyRpc => vec![
+                format!("{}/rpc", self.shelly_src()),
+                format!("{t}/online"),
+                format!("{t}/events/rpc"),
+                format!("{t}/status/+"),
+            ],
+            Profile::Tasmota => vec![format!("stat/{t}/+"), format!("tele/{t}/+")],
+        }
+    }
+
+    /// The filters the appliance itself subscribes to, and the topics (as filters) it
+    /// publishes on: what a broker's access list allows it (`tetherd mosquitto-acl`).
+    pub fn acl(&self) -> (Vec<String>, Vec<String>) {
+        let reads = match self.profile {
+            Profile::Tether | Profile::Tasmota => vec![self.command_filter()],
+            Profile::ShellyRpc => vec![
+                self.command_filter(),
+                format!("{}/command", self.device),
+                format!("{}/command/+", self.device),
+            ],
+        };
+        (reads, self.inbound_filters())
+    }
+
+    /// The topics the gateway publishes this appliance's commands on, as a filter.
+    pub fn command_topics(&self) -> String {
+        match self.profile {
+            Profile::Tasmota => format!("cmnd/{}/+", self.device),
+            _ => self.command_filter(),
+        }
+    }
+
     /// The topic a Shelly publishes its answers on (`src` + `/rpc`).
     fn shelly_src(&self) -> String {
         format!("{}/{}", self.prefix, self.id)

@@ -150,7 +150,10 @@ impl Hub {
         let holds = match offline {
             Offline::Queue => true,
             Offline::Fail => false,
-            Offline::Auto => slot.persistent && slot.subscription == Some(QoS::AtLeastOnce),
+            // At an external broker, every appliance has a session of its own there.
+            Offline::Auto => {
+                self.external || (slot.persistent && slot.subscription == Some(QoS::AtLeastOnce))
+            }
         };
         let Some(conn) = &slot.conn else {
             let why = "appliance is not connected";

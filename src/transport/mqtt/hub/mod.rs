@@ -86,6 +86,9 @@ pub struct Hub {
     sessions: Option<Journal>,
     /// Request ids for firmwares that match answers by number (Shelly RPC).
     next_seq: AtomicU64,
+    /// The appliances are at an external broker (`mqtt.mode = "external"`), reached over
+    /// the daemon's one client connection to it.
+    external: bool,
     pub stats: Stats,
     /// Woken when an appliance comes online or goes offline (the STATUS line follows).
     pub changed: Notify,
@@ -145,6 +148,7 @@ impl Hub {
         startup_grace: std::time::Duration,
         event_rate: u32,
         sessions: Sessions,
+        external: bool,
     ) -> Hub {
         let mut slots: HashMap<String, Slot> = members
             .keys()
@@ -174,6 +178,7 @@ impl Hub {
             event_rate: AtomicU32::new(event_rate.max(1)),
             sessions: sessions.journal,
             next_seq: AtomicU64::new(1),
+            external,
             stats: Stats::default(),
             changed: Notify::new(),
         }
@@ -352,6 +357,76 @@ impl Hub {
         if remember {
             self.remember_session(id, qos);
         }
+    }
+
+    /// External broker mode: the link to the broker is up, and every appliance is reached
+    /// through it (its presence topic says when it is away). Appliances already linked
+    /// keep their link; new ones (a reload added them) join it.
+    pub fn link_up(&self, tx: &mpsc::Sender<ToConn>, kick: &CancellationToken) {
+        let now = SystemTime::now();
+        let mut slots = self.lock();
+        for slot in slots.values_mut().filter(|s| s.conn.is_none()) {
+            slot.conn = Some(ConnRef {
+                tx: tx.clone(),
+                kick: kick.clone(),
+                generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            });
+            // The broker holds each appliance's subscription; commands go at QoS 1.
+            slot.subscription = Some(QoS::AtLeastOnce);
+            slot.since = Some(now);
+            slot.ready.notify_waiters();
+        }
+        drop(slots);
+        self.changed.notify_one();
+    }
+
+    /// The link to the broker is down: commands sent and not answered are interrupted
+    /// (the broker may have delivered them).
+    pub fn link_down(&self) {
+        let now = SystemTime::now();
+        let waiting: Vec<_> = {
+            let mut slots = self.lock();
+            slots
+                .values_mut()
+                .flat_map(|s| {
+                    if s.conn.take().is_some() {
+                        s.since = Some(now);
+                    }
+                    std::mem::take(&mut s.waiting)
+                })
+                .collect()
+        };
+        for (_, tx) in waiting {
+            let _ = tx.send(Outcome::Interrupted(
+                "the connection to the MQTT broker dropped before the answer".into(),
+            ));
+        }
+        self.changed.notify_one();
+    }
+
+    /// The appliance a message from the broker belongs to: the one whose profile reads its
+    /// topic.
+    pub fn route(&self, topic: &str) -> Option<String> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, m)| {
+                m.contract
+                    .classify(topic)
+                    .is_some_and(|i| i != super::profile::Inbound::Ignored)
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Every filter the gateway subscribes to at an external broker.
+    pub fn inbound_filters(&self) -> std::collections::BTreeSet<String> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flat_map(|m| m.contract.inbound_filters())
+            .collect()
     }
 
     /// What a command for `id` waits on until the appliance may take it; `None` for an

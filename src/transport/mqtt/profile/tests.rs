@@ -11,7 +11,9 @@ fn appliance(id: &str, profile: Profile, topic: Option<&str>) -> ApplianceConfig
             .map(|t| format!("topic = \"{t}\"\n"))
             .unwrap_or_default()
     );
-    let mut entries = crate::config::Config::parse_entries(&text, &Default::default()).unwrap();
+    let mut entries =
+        crate::config::Config::parse_entries(&text, &Default::default(), &Default::default())
+            .unwrap();
     let a = entries.appliances.remove(0);
     assert_eq!(a.transport, TransportKind::Mqtt);
     a
