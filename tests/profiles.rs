@@ -10,7 +10,7 @@ mod common;
 
 use std::process::Command;
 
-use common::firmware::{SHELLY, TASMOTA, firmware};
+use common::firmware::{ESPHOME, SHELLY, TASMOTA, firmware};
 use common::*;
 use serde_json::{Value, json};
 
@@ -34,6 +34,16 @@ id = "porch"
 transport = "mqtt"
 password = "pw-porch"
 profile = "tasmota"
+
+[[appliance]]
+id = "node"
+transport = "mqtt"
+password = "pw-node"
+profile = "custom"
+topic = "porch-node"
+command_topic = "{topic}/{entity}/command"
+answer_topic = "{topic}/{entity}/state"
+presence_topic = "{topic}/status"
 "#;
 
 async fn run(cloud: &DevCloud, target: &str, payload: Value) -> Value {
@@ -230,4 +240,67 @@ async fn a_tasmota_cannot_reach_another_appliances_topics() {
     .await;
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["payload"], json!({"POWER1": "ON"}));
+}
+
+#[tokio::test]
+async fn an_esphome_node_answers_through_the_custom_profile() {
+    let dir = TempDir::new("profiles-custom");
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let cfg = config(dir.path(), &cloud, &[], PROFILES);
+    let daemon = Tetherd::start(&cfg);
+    let (_node, _, ready) = firmware(ESPHOME, daemon.mqtt, "node", "porch-node");
+    assert!(ready.starts_with("READY (0, 0)"), "node said {ready:?}");
+
+    // The light's answer is its own state topic: the sensor's state published just
+    // before it is an event, not the answer.
+    let r = run(
+        &cloud,
+        "node",
+        json!({"entity": "light/porch_light", "value": {"state": "ON", "brightness": 128}}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(
+        r["payload"],
+        json!({"state": "ON", "brightness": 128, "color_mode": "brightness"})
+    );
+    let r = run(
+        &cloud,
+        "node",
+        json!({"entity": "switch/relay", "value": "ON"}),
+    )
+    .await;
+    assert_eq!(
+        (r["status"].as_str(), &r["payload"]),
+        (Some("ok"), &json!("ON")),
+        "{r}"
+    );
+    // A command the templates cannot place is an error, never sent.
+    let r = run(&cloud, "node", json!({"value": "ON"})).await;
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("needs \"entity\""),
+        "{r}"
+    );
+    let r = run(&cloud, "node", json!({"entity": "light/+", "value": "ON"})).await;
+    assert_eq!(r["status"], "error", "{r}");
+
+    let events = eventually("the sensor's state as an event", || async {
+        let ev = cloud.events().await;
+        ev.iter()
+            .any(|e| {
+                e["appliance"] == "node"
+                    && e["payload"]
+                        == json!({"topic": "porch-node/sensor/temperature/state", "data": 21.5})
+            })
+            .then_some(ev)
+    })
+    .await;
+    assert!(events.iter().all(|e| e["kind"] != "denied"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["appliance"] == "node" && e["kind"] == "online"),
+        "{events:?}"
+    );
 }

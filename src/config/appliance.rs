@@ -43,11 +43,161 @@ pub struct ApplianceConfig {
     pub profile: Profile,
     #[serde(default)]
     pub topic: Option<String>,
+    // The `custom` profile: templates (`{id}`, `{topic}`, `{entity}`; payloads also
+    // `{value}` and `{command_id}`), how an answer is matched, the presence topic.
+    #[serde(default)]
+    pub command_topic: Option<String>,
+    #[serde(default)]
+    pub command_payload: Option<String>,
+    #[serde(default)]
+    pub answer_topic: Option<String>,
+    #[serde(default)]
+    pub answer_match: Option<String>,
+    #[serde(default)]
+    pub presence_topic: Option<String>,
+    #[serde(default)]
+    pub online_payload: Option<String>,
+    #[serde(default)]
+    pub offline_payload: Option<String>,
 }
 
 /// The keys every `[[appliance]]` may have; the BLE ones are `ble::BLE_KEYS`. All of
 /// them apply live.
 pub const COMMON_KEYS: [&str; 6] = ["id", "transport", "password", "offline", "profile", "topic"];
+/// The `custom` profile's keys.
+pub const CUSTOM_KEYS: [&str; 7] = [
+    "command_topic",
+    "command_payload",
+    "answer_topic",
+    "answer_match",
+    "presence_topic",
+    "online_payload",
+    "offline_payload",
+];
+
+/// One piece of a `custom` profile's template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Id,
+    Topic,
+    /// One or more topic levels named by the command (`entity` in its payload).
+    Entity,
+    CommandId,
+    /// The command's `value`: a string as it is, anything else as JSON text.
+    Value,
+}
+
+/// A template: text and `{placeholder}`s.
+pub type Template = Vec<Part>;
+
+/// Parses a template; `payload` allows `{value}` and `{command_id}` too. `{{` and `}}`
+/// stand for braces.
+pub fn parse_template(t: &str, payload: bool) -> Result<Template, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = t;
+    while let Some(i) = rest.find(['{', '}']) {
+        text.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(r) = tail.strip_prefix("{{") {
+            text.push('{');
+            rest = r;
+            continue;
+        }
+        if let Some(r) = tail.strip_prefix("}}") {
+            text.push('}');
+            rest = r;
+            continue;
+        }
+        let Some(end) = tail.find('}').filter(|_| tail.starts_with('{')) else {
+            return Err(format!(
+                "{t:?}: unmatched brace (write {{{{ or }}}} for one)"
+            ));
+        };
+        let name = &tail[1..end];
+        let part = match name {
+            "id" => Part::Id,
+            "topic" => Part::Topic,
+            "entity" => Part::Entity,
+            "command_id" if payload => Part::CommandId,
+            "value" if payload => Part::Value,
+            other => {
+                let known = if payload {
+                    "{id}, {topic}, {entity}, {command_id}, {value}"
+                } else {
+                    "{id}, {topic}, {entity}"
+                };
+                return Err(format!(
+                    "{t:?}: unknown placeholder {{{other}}} (known: {known})"
+                ));
+            }
+        };
+        if !text.is_empty() {
+            parts.push(Part::Text(std::mem::take(&mut text)));
+        }
+        parts.push(part);
+        rest = &tail[end + 1..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        parts.push(Part::Text(text));
+    }
+    Ok(parts)
+}
+
+/// Checks a topic template: one topic, whatever fills it: no wildcard, no empty level,
+/// `{entity}` standing for whole levels, at most once.
+pub fn parse_topic_template(t: &str) -> Result<Template, String> {
+    let parts = parse_template(t, false)?;
+    if t.is_empty() || t.len() > 256 {
+        return Err("must be 1 to 256 characters".into());
+    }
+    let entities = parts.iter().filter(|p| **p == Part::Entity).count();
+    if entities > 1 {
+        return Err(format!("{t:?}: {{entity}} at most once"));
+    }
+    // With every placeholder as one plain level, it must be a valid topic name.
+    let sample: String = parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(s) => s.as_str(),
+            _ => "x",
+        })
+        .collect();
+    if sample.contains(['+', '#', '\0']) || sample.starts_with('$') {
+        return Err(format!(
+            "{t:?} is not one topic: no wildcard (+ or #), not starting with $"
+        ));
+    }
+    if sample.split('/').any(str::is_empty) {
+        return Err(format!("{t:?} has an empty level"));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if *p != Part::Entity {
+            continue;
+        }
+        let before = i.checked_sub(1).map(|j| &parts[j]);
+        let after = parts.get(i + 1);
+        let starts = match before {
+            None => true,
+            Some(Part::Text(s)) => s.ends_with('/'),
+            Some(_) => false,
+        };
+        let ends = match after {
+            None => true,
+            Some(Part::Text(s)) => s.starts_with('/'),
+            Some(_) => false,
+        };
+        let whole = starts && ends;
+        if !whole {
+            return Err(format!(
+                "{t:?}: {{entity}} must stand for whole levels (between '/')"
+            ));
+        }
+    }
+    Ok(parts)
+}
 
 /// How an MQTT appliance is spoken to (`profile`; docs/appliances.md): which topics carry
 /// its commands, answers, presence and events, and what those messages look like. The
@@ -64,6 +214,10 @@ pub enum Profile {
     /// Tasmota: `cmnd/{topic}/<Command>`, answered on `stat/{topic}/RESULT`.
     #[serde(rename = "tasmota")]
     Tasmota,
+    /// Topics and payloads from templates in the appliance's entry (ESPHome's MQTT
+    /// component, other firmware).
+    #[serde(rename = "custom")]
+    Custom,
 }
 
 impl Profile {
@@ -72,6 +226,7 @@ impl Profile {
             Profile::Tether => "tether",
             Profile::ShellyRpc => "shelly-rpc",
             Profile::Tasmota => "tasmota",
+            Profile::Custom => "custom",
         }
     }
 }
@@ -97,8 +252,37 @@ impl ApplianceConfig {
             Profile::Tether => {}
             Profile::ShellyRpc => roots.push(t.to_owned()),
             Profile::Tasmota => roots.extend(["cmnd", "stat", "tele"].map(|p| format!("{p}/{t}"))),
+            Profile::Custom => {
+                for template in [
+                    &self.command_topic,
+                    &self.answer_topic,
+                    &self.presence_topic,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if let Ok(parts) = parse_topic_template(template) {
+                        roots.push(self.template_root(&parts));
+                    }
+                }
+            }
         }
         roots
+    }
+
+    /// The levels of a topic template before its `{entity}` (all of it without one), with
+    /// `{id}` and `{topic}` filled in: the subtree its topics lie in.
+    pub fn template_root(&self, parts: &[Part]) -> String {
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Text(s) => out.push_str(s),
+                Part::Id => out.push_str(&self.id),
+                Part::Topic => out.push_str(self.device_topic()),
+                _ => break,
+            }
+        }
+        out.trim_end_matches('/').to_owned()
     }
 }
 
@@ -157,7 +341,9 @@ impl fmt::Debug for ApplianceConfig {
             .field("offline", &self.offline)
             .field("profile", &self.profile)
             .field("topic", &self.topic)
-            .finish()
+            .field("command_topic", &self.command_topic)
+            .field("answer_topic", &self.answer_topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -253,6 +439,24 @@ fn check_profile(v: &mut Checker, idx: &str, a: &ApplianceConfig) {
         }
         return;
     }
+    let custom = [
+        &a.command_topic,
+        &a.command_payload,
+        &a.answer_topic,
+        &a.answer_match,
+        &a.presence_topic,
+        &a.online_payload,
+        &a.offline_payload,
+    ];
+    if a.profile == Profile::Custom {
+        check_custom(v, idx, a);
+    } else {
+        for (key, value) in CUSTOM_KEYS.iter().zip(custom) {
+            if value.is_some() {
+                v.err(&["appliance", idx, key], "only with profile = \"custom\"");
+            }
+        }
+    }
     match (&a.topic, a.profile) {
         (Some(_), Profile::Tether) => v.err(
             &["appliance", idx, "topic"],
@@ -265,6 +469,66 @@ fn check_profile(v: &mut Checker, idx: &str, a: &ApplianceConfig) {
         }
         // The id is one level of the same alphabet.
         (None, _) => {}
+    }
+}
+
+fn check_custom(v: &mut Checker, idx: &str, a: &ApplianceConfig) {
+    let mut entity = [false; 2];
+    for (n, (key, value)) in [
+        ("command_topic", &a.command_topic),
+        ("answer_topic", &a.answer_topic),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match value {
+            None => v.err(
+                &["appliance", idx, key],
+                "required with profile = \"custom\"",
+            ),
+            Some(t) => match parse_topic_template(t) {
+                Ok(parts) => entity[n] = parts.contains(&Part::Entity),
+                Err(e) => v.err(&["appliance", idx, key], e),
+            },
+        }
+    }
+    if a.command_topic.is_some() && a.answer_topic.is_some() && entity[0] != entity[1] {
+        v.err(
+            &["appliance", idx, "answer_topic"],
+            "{entity} in both command_topic and answer_topic, or in neither: the answer is looked for where the command went",
+        );
+    }
+    if let Some(t) = &a.presence_topic {
+        match parse_topic_template(t) {
+            Ok(parts) if parts.contains(&Part::Entity) => v.err(
+                &["appliance", idx, "presence_topic"],
+                "{entity} names a command's part of the device; presence is the whole device's",
+            ),
+            Ok(_) => {}
+            Err(e) => v.err(&["appliance", idx, "presence_topic"], e),
+        }
+    }
+    if let Some(t) = &a.command_payload
+        && let Err(e) = parse_template(t, true)
+    {
+        v.err(&["appliance", idx, "command_payload"], e);
+    }
+    if let Some(m) = &a.answer_match
+        && m != "next"
+        && m.strip_prefix("field:").is_none_or(|f| f.is_empty())
+    {
+        v.err(
+            &["appliance", idx, "answer_match"],
+            format!("{m:?}: \"next\" (the next message on the answer topic) or \"field:NAME\" (a JSON answer whose NAME is the command id)"),
+        );
+    }
+    for (key, value) in [
+        ("online_payload", &a.online_payload),
+        ("offline_payload", &a.offline_payload),
+    ] {
+        if value.is_some() && a.presence_topic.is_none() {
+            v.err(&["appliance", idx, key], "needs presence_topic");
+        }
     }
 }
 

@@ -30,7 +30,8 @@ mod state;
 
 pub use self::log::{LogConfig, LogTarget, parse_level};
 pub use appliance::{
-    ApplianceConfig, COMMON_KEYS, Offline, Profile, TransportKind, check_hash, topic_clash,
+    ApplianceConfig, COMMON_KEYS, CUSTOM_KEYS, Offline, Part, Profile, Template, TransportKind,
+    check_hash, parse_template, parse_topic_template, topic_clash,
 };
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};
 pub use cloud::{CloudConfig, WireEncoding};

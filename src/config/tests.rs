@@ -635,3 +635,78 @@ fn external_broker_keys_are_checked_by_key_and_line() {
     let p = problems(&MINIMAL.replace("password = \"pw\"\n", ""));
     assert!(p.iter().any(|p| p.key == "appliance[0].password"), "{p:#?}");
 }
+
+#[test]
+fn custom_profile_templates_are_checked_by_key_and_line() {
+    let entry = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[appliance]]\nid = \"x\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"custom\"\n{extra}"
+        )
+    };
+    let ok = entry(
+        "command_topic = \"a/{topic}/{entity}/set\"\nanswer_topic = \"a/{topic}/{entity}/state\"\n",
+    );
+    Config::parse(&ok).unwrap_or_else(|p| panic!("{p:#?}"));
+    for (extra, key, says) in [
+        (
+            "answer_topic = \"a/x\"\n",
+            "appliance[1].command_topic",
+            "required",
+        ),
+        (
+            "command_topic = \"a/{nope}\"\nanswer_topic = \"a/x\"\n",
+            "appliance[1].command_topic",
+            "unknown placeholder {nope}",
+        ),
+        (
+            "command_topic = \"a/+/x\"\nanswer_topic = \"a/x\"\n",
+            "appliance[1].command_topic",
+            "no wildcard",
+        ),
+        (
+            "command_topic = \"a/#\"\nanswer_topic = \"a/x\"\n",
+            "appliance[1].command_topic",
+            "no wildcard",
+        ),
+        (
+            "command_topic = \"a/x{entity}\"\nanswer_topic = \"a/x{entity}\"\n",
+            "appliance[1].command_topic",
+            "whole levels",
+        ),
+        (
+            "command_topic = \"a/{entity}/set\"\nanswer_topic = \"a/x\"\n",
+            "appliance[1].answer_topic",
+            "in both",
+        ),
+        (
+            "command_topic = \"a/x\"\nanswer_topic = \"a/y\"\ncommand_payload = \"{value\"\n",
+            "appliance[1].command_payload",
+            "unmatched brace",
+        ),
+        (
+            "command_topic = \"a/x\"\nanswer_topic = \"a/y\"\nanswer_match = \"first\"\n",
+            "appliance[1].answer_match",
+            "field:NAME",
+        ),
+        (
+            "command_topic = \"a/x\"\nanswer_topic = \"a/y\"\nonline_payload = \"up\"\n",
+            "appliance[1].online_payload",
+            "needs presence_topic",
+        ),
+    ] {
+        let text = entry(extra);
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|p| p.key == key && p.message.contains(says) && p.line.is_some()),
+            "{extra:?}: {p:#?}"
+        );
+    }
+    // Template keys belong to the custom profile only.
+    let text = format!("{MINIMAL}answer_topic = \"a/x\"\n");
+    assert!(
+        problems(&text)
+            .iter()
+            .any(|p| p.key == "appliance[0].answer_topic")
+    );
+}

@@ -130,7 +130,7 @@ fn firmware_messages(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let json = serde_json::from_slice::<Value>(data).ok();
     for c in contracts {
-        let _ = c.answer(data);
+        let _ = c.answer(&text, data);
         let _ = c.event("t", data);
         let _ = c.presence(data);
         let _ = c.classify(&text);

@@ -91,6 +91,38 @@ c.connect(host, port, keepalive=10)
 c.loop_forever()
 "#;
 
+/// An ESPHome node with its `mqtt:` component: client id and user name set to the
+/// appliance id, `topic_prefix` to its topic. Availability on `<prefix>/status` (`online`,
+/// its will `offline`); a light taking JSON on `<prefix>/light/porch_light/command` and
+/// a switch taking `ON`/`OFF` on `<prefix>/switch/relay/command`, each publishing its new
+/// state on `.../state`; a temperature sensor publishing on
+/// `<prefix>/sensor/temperature/state`, here just before each light's state, so that a
+/// command waiting on the light must not take it for its answer.
+pub const ESPHOME: &str = r#"
+import json, sys
+import paho.mqtt.client as mqtt
+host, port, name, pw, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+light = {"state": "OFF", "brightness": 255, "color_mode": "brightness"}
+c = mqtt.Client(client_id=name, clean_session=True)
+c.username_pw_set(name, pw)
+c.will_set(f"{prefix}/status", "offline", qos=1, retain=True)
+def on_connect(c, u, flags, rc):
+    c.publish(f"{prefix}/status", "online", qos=1, retain=True)
+    c.subscribe([(f"{prefix}/light/porch_light/command", 0), (f"{prefix}/switch/relay/command", 0)])
+def on_subscribe(c, u, mid, granted):
+    print("READY", granted, flush=True)
+def on_message(c, u, msg):
+    if msg.topic.endswith("/light/porch_light/command"):
+        light.update(json.loads(msg.payload))
+        c.publish(f"{prefix}/sensor/temperature/state", "21.5", retain=True)
+        c.publish(f"{prefix}/light/porch_light/state", json.dumps(light), retain=True)
+    else:
+        c.publish(f"{prefix}/switch/relay/state", msg.payload.decode(), retain=True)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect(host, port, keepalive=10)
+c.loop_forever()
+"#;
+
 /// Firmware written for Tether's own contract that keeps a persistent session (clean
 /// session off, its `cmd` topic at QoS 1), as an appliance that must not miss a command
 /// does: prints `GOT <command id>` for each command it receives, and answers it.

@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{
-    BleConfig, COMMON_KEYS, CloudConfig, GatewayConfig, LogConfig, MetricsConfig, MqttConfig,
-    RouterConfig, StateConfig, ble,
+    BleConfig, COMMON_KEYS, CUSTOM_KEYS, CloudConfig, GatewayConfig, LogConfig, MetricsConfig,
+    MqttConfig, RouterConfig, StateConfig, ble,
 };
 
 const EXAMPLE: &str = include_str!("../../../config.example.toml");
@@ -82,7 +82,9 @@ fn every_key_of_the_example_file_is_classified() {
             "ble" => BleConfig::apply_of(key).is_some(),
             // Appliances and groups apply live as a whole.
             "appliance" => {
-                COMMON_KEYS.contains(&key.as_str()) || ble::BLE_KEYS.contains(&key.as_str())
+                COMMON_KEYS.contains(&key.as_str())
+                    || ble::BLE_KEYS.contains(&key.as_str())
+                    || CUSTOM_KEYS.contains(&key.as_str())
             }
             "groups" => true,
             _ => false,

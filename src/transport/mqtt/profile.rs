@@ -13,7 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::topic;
 use crate::cloud::wire::{MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
-use crate::config::{ApplianceConfig, Profile};
+use crate::config::{
+    ApplianceConfig, Part, Profile, Template, parse_template, parse_topic_template,
+};
 use crate::transport::Outcome;
 
 /// Tasmota's default group topic: every Tasmota subscribes to it; refused without a fuss.
@@ -70,16 +72,121 @@ pub struct Contract {
     prefix: String,
     /// The device's own topic (`topic`, or the id).
     device: String,
+    /// The `custom` profile's templates.
+    custom: Option<Custom>,
+}
+
+/// A `custom` profile, its templates parsed (the config's rules checked them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Custom {
+    command_topic: Template,
+    command_payload: Template,
+    answer_topic: Template,
+    /// The JSON field of an answer that holds the command id; `None`: the next message
+    /// on the command's answer topic.
+    match_field: Option<String>,
+    presence_topic: Option<String>,
+    online: String,
+    offline: String,
 }
 
 impl Contract {
     pub fn new(prefix: &str, a: &ApplianceConfig) -> Contract {
-        Contract {
+        let mut c = Contract {
             profile: a.profile,
             id: a.id.clone(),
             prefix: prefix.to_owned(),
             device: a.device_topic().to_owned(),
+            custom: None,
+        };
+        if a.profile == Profile::Custom {
+            let topic = |t: &Option<String>| {
+                t.as_deref()
+                    .and_then(|t| parse_topic_template(t).ok())
+                    .unwrap_or_default()
+            };
+            let presence = a
+                .presence_topic
+                .as_deref()
+                .and_then(|t| parse_topic_template(t).ok())
+                .map(|p| c.render(&p, None, "", ""));
+            c.custom = Some(Custom {
+                command_topic: topic(&a.command_topic),
+                command_payload: a
+                    .command_payload
+                    .as_deref()
+                    .and_then(|t| parse_template(t, true).ok())
+                    .unwrap_or_else(|| vec![Part::Value]),
+                answer_topic: topic(&a.answer_topic),
+                match_field: a
+                    .answer_match
+                    .as_deref()
+                    .and_then(|m| m.strip_prefix("field:"))
+                    .map(str::to_owned),
+                presence_topic: presence,
+                online: a.online_payload.clone().unwrap_or_else(|| "online".into()),
+                offline: a
+                    .offline_payload
+                    .clone()
+                    .unwrap_or_else(|| "offline".into()),
+            });
         }
+        c
+    }
+
+    /// A template filled in.
+    fn render(
+        &self,
+        parts: &[Part],
+        entity: Option<&str>,
+        command_id: &str,
+        value: &str,
+    ) -> String {
+        let mut out = String::new();
+        for p in parts {
+            match p {
+                Part::Text(s) => out.push_str(s),
+                Part::Id => out.push_str(&self.id),
+                Part::Topic => out.push_str(&self.device),
+                Part::Entity => out.push_str(entity.unwrap_or_default()),
+                Part::CommandId => out.push_str(command_id),
+                Part::Value => out.push_str(value),
+            }
+        }
+        out
+    }
+
+    /// The levels before a template's `{entity}` (all of it without one), filled in.
+    fn root(&self, parts: &[Part]) -> (String, bool) {
+        let entity = parts.contains(&Part::Entity);
+        let head: Vec<Part> = parts
+            .iter()
+            .take_while(|p| **p != Part::Entity)
+            .cloned()
+            .collect();
+        let root = self.render(&head, None, "", "");
+        (root.trim_end_matches('/').to_owned(), entity)
+    }
+
+    /// A template as a filter: exact without `{entity}`, its root and `#` with one.
+    fn filter(&self, parts: &[Part]) -> String {
+        match self.root(parts) {
+            (root, true) => format!("{root}/#"),
+            (_, false) => self.render(parts, None, "", ""),
+        }
+    }
+
+    /// Whether `name` is a topic the template stands for, and with what `{entity}`.
+    fn matches(&self, parts: &[Part], name: &str) -> Option<Option<String>> {
+        let Some(i) = parts.iter().position(|p| *p == Part::Entity) else {
+            return (self.render(parts, None, "", "") == name).then_some(None);
+        };
+        let head = self.render(&parts[..i], None, "", "");
+        let tail = self.render(&parts[i + 1..], None, "", "");
+        let entity = name
+            .strip_prefix(head.as_str())?
+            .strip_suffix(tail.as_str())?;
+        valid_entity(entity).then(|| Some(entity.to_owned()))
     }
 
     pub fn profile(&self) -> Profile {
@@ -92,6 +199,10 @@ impl Contract {
             Profile::Tether => topic::cmd_topic(&self.prefix, &self.id),
             Profile::ShellyRpc => format!("{}/rpc", self.device),
             Profile::Tasmota => format!("cmnd/{}/#", self.device),
+            Profile::Custom => match &self.custom {
+                Some(c) => self.filter(&c.command_topic),
+                None => String::new(),
+            },
         }
     }
 
@@ -110,6 +221,13 @@ impl Contract {
                 format!("{t}/status/+"),
             ],
             Profile::Tasmota => vec![format!("stat/{t}/+"), format!("tele/{t}/+")],
+            Profile::Custom => self
+                .custom
+                .iter()
+                .flat_map(|c| {
+                    std::iter::once(self.filter(&c.answer_topic)).chain(c.presence_topic.clone())
+                })
+                .collect(),
         }
     }
 
@@ -117,7 +235,7 @@ impl Contract {
     /// publishes on: what a broker's access list allows it (`tetherd mosquitto-acl`).
     pub fn acl(&self) -> (Vec<String>, Vec<String>) {
         let reads = match self.profile {
-            Profile::Tether | Profile::Tasmota => vec![self.command_filter()],
+            Profile::Tether | Profile::Tasmota | Profile::Custom => vec![self.command_filter()],
             Profile::ShellyRpc => vec![
                 self.command_filter(),
                 format!("{}/command", self.device),
@@ -146,6 +264,12 @@ impl Contract {
         }
         match self.profile {
             Profile::Tether => Subscribe::Denied,
+            // Each of its command topics, exactly (an ESPHome device subscribes to one per
+            // entity).
+            Profile::Custom => match &self.custom {
+                Some(c) if self.matches(&c.command_topic, filter).is_some() => Subscribe::Commands,
+                _ => Subscribe::Denied,
+            },
             Profile::ShellyRpc => {
                 let own = filter
                     .strip_prefix(self.device.as_str())
@@ -170,6 +294,16 @@ impl Contract {
     /// Classifies a PUBLISH to `name`; `None` means denied.
     pub fn classify(&self, name: &str) -> Option<Inbound> {
         match self.profile {
+            Profile::Custom => {
+                let c = self.custom.as_ref()?;
+                if c.presence_topic.as_deref() == Some(name) {
+                    Some(Inbound::Presence)
+                } else if self.matches(&c.answer_topic, name).is_some() {
+                    Some(Inbound::Answer)
+                } else {
+                    None
+                }
+            }
             Profile::Tether => Some(
                 match topic::classify_publish(&self.prefix, &self.id, name)? {
                     topic::Inbound::Result => Inbound::Answer,
@@ -210,8 +344,16 @@ impl Contract {
 
     /// Reads a presence message: `Some(true)` online, `Some(false)` offline.
     pub fn presence(&self, payload: &[u8]) -> Result<bool, &'static str> {
+        if let Some(c) = &self.custom {
+            return match payload {
+                p if p == c.online.as_bytes() => Ok(true),
+                p if p == c.offline.as_bytes() => Ok(false),
+                _ => Err("presence is neither online_payload nor offline_payload"),
+            };
+        }
         let (on, off, why): (&[u8], &[u8], _) = match self.profile {
-            Profile::Tether => (
+            // A custom profile without templates: the tether contract's words.
+            Profile::Tether | Profile::Custom => (
                 b"online",
                 b"offline",
                 "status must be \"online\" or \"offline\"",
@@ -304,18 +446,80 @@ impl Contract {
                 let name = format!("cmnd/{}/{command}", self.device);
                 Ok((name, body, command_id.to_owned()))
             }
+            Profile::Custom => {
+                let Some(c) = &self.custom else {
+                    return Err("the custom profile has no templates".into());
+                };
+                let fields = fields(payload, &["entity", "value"])?;
+                let wants_entity = c.command_topic.contains(&Part::Entity);
+                let entity = match (fields.get("entity"), wants_entity) {
+                    (Some(Value::String(e)), true) if valid_entity(e) => Some(e.as_str()),
+                    (_, true) => return Err("this appliance's command_topic has {entity}: the payload needs \"entity\", topic levels such as \"light/porch\" (letters, digits, '-', '_', '.')".into()),
+                    (None, false) => None,
+                    (Some(_), false) => return Err("\"entity\" given, but this appliance's command_topic has no {entity}".into()),
+                };
+                let value = match fields.get("value") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                };
+                let name = self.render(&c.command_topic, entity, command_id, "");
+                let body = self.render(&c.command_payload, entity, command_id, &value);
+                let key = match &c.match_field {
+                    Some(_) => command_id.to_owned(),
+                    None => self.render(&c.answer_topic, entity, command_id, ""),
+                };
+                Ok((name, body.into_bytes(), key))
+            }
         }
     }
 
     /// Whether an answer names the command it answers. Without (Tasmota), an answer when
     /// no command waits is the device reporting a change on its own: an event.
     pub fn answers_carry_ids(&self) -> bool {
-        self.profile != Profile::Tasmota
+        match self.profile {
+            Profile::Tasmota => false,
+            Profile::Custom => self
+                .custom
+                .as_ref()
+                .is_some_and(|c| c.match_field.is_some()),
+            Profile::Tether | Profile::ShellyRpc => true,
+        }
     }
 
-    /// Reads an answer.
-    pub fn answer(&self, payload: &[u8]) -> Answer {
+    /// Reads an answer that came on topic `name`.
+    pub fn answer(&self, name: &str, payload: &[u8]) -> Answer {
         match self.profile {
+            Profile::Custom => match self.custom.as_ref().and_then(|c| c.match_field.as_deref()) {
+                None => Answer {
+                    key: Some(name.to_owned()),
+                    outcome: custom_value(payload).map(|v| Outcome::Ok(Some(v))),
+                },
+                Some(field) => {
+                    let parsed: Result<Value, _> = serde_json::from_slice(payload);
+                    match parsed {
+                        Ok(v) => {
+                            let key = match &v[field] {
+                                Value::String(s) if s.len() <= MAX_COMMAND_ID => Some(s.clone()),
+                                Value::Number(n) => Some(n.to_string()),
+                                _ => None,
+                            };
+                            let outcome = match too_deep(&v) {
+                                Some(why) => Ok(Outcome::Error(why)),
+                                None if key.is_none() => {
+                                    Err(format!("the answer has no {field:?} naming the command"))
+                                }
+                                None => Ok(Outcome::Ok(Some(v))),
+                            };
+                            Answer { key, outcome }
+                        }
+                        Err(e) => Answer {
+                            key: None,
+                            outcome: Err(format!("the answer is not JSON: {e}")),
+                        },
+                    }
+                }
+            },
             Profile::Tether => tether_answer(payload),
             Profile::ShellyRpc => shelly_answer(payload),
             Profile::Tasmota => Answer {
@@ -324,6 +528,24 @@ impl Contract {
             },
         }
     }
+}
+
+/// An answer or state message of a custom profile: JSON if it is, else its text.
+fn custom_value(payload: &[u8]) -> Result<Value, String> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(v) => match too_deep(&v) {
+            Some(why) => Err(why),
+            None => Ok(v),
+        },
+        Err(_) => std::str::from_utf8(payload)
+            .map(|s| Value::String(s.to_owned()))
+            .map_err(|_| "the answer is neither JSON nor UTF-8 text".to_owned()),
+    }
+}
+
+/// `{entity}`: one or more levels of the id alphabet.
+fn valid_entity(e: &str) -> bool {
+    !e.is_empty() && e.len() <= 128 && e.split('/').all(|l| crate::config::check_id(l).is_ok())
 }
 
 /// `Some(level)` with one non-empty topic level.

@@ -104,7 +104,7 @@ impl Hub {
     /// An answer: matched to the command waiting for it by the id it carries, or, when the
     /// wire has none (or the answer is unreadable), to the one command waiting.
     fn answer(&self, id: &str, contract: &Contract, topic_name: &str, payload: &[u8]) {
-        let answer = contract.answer(payload);
+        let answer = contract.answer(topic_name, payload);
         let waiter = {
             let mut slots = self.lock();
             let slot = slots.get_mut(id);

@@ -91,7 +91,10 @@ fn shelly_requests_and_answers() {
     ] {
         assert!(c.command("c", 1, &bad).is_err(), "{bad}");
     }
-    let ok = c.answer(br#"{"id":7,"src":"plug","dst":"tether/plug","result":{"was_on":false}}"#);
+    let ok = c.answer(
+        "t",
+        br#"{"id":7,"src":"plug","dst":"tether/plug","result":{"was_on":false}}"#,
+    );
     assert_eq!(
         ok,
         Answer {
@@ -100,6 +103,7 @@ fn shelly_requests_and_answers() {
         }
     );
     let err = c.answer(
+        "t",
         br#"{"id":8,"src":"plug","error":{"code":-103,"message":"Invalid argument 'id'!"}}"#,
     );
     assert_eq!(err.key.as_deref(), Some("8"));
@@ -110,11 +114,11 @@ fn shelly_requests_and_answers() {
         ))
     );
     assert_eq!(
-        c.answer(br#"{"id":9}"#).outcome.unwrap_err(),
+        c.answer("t", br#"{"id":9}"#).outcome.unwrap_err(),
         "shelly answer has neither \"result\" nor \"error\""
     );
-    assert_eq!(c.answer(b"garbage").key, None);
-    assert!(c.answer(b"garbage").outcome.is_err());
+    assert_eq!(c.answer("t", b"garbage").key, None);
+    assert!(c.answer("t", b"garbage").outcome.is_err());
 }
 
 #[test]
@@ -174,14 +178,14 @@ fn tasmota_topics_commands_and_answers() {
         assert!(c.command("c", 1, &bad).is_err(), "{bad}");
     }
     assert_eq!(
-        c.answer(br#"{"POWER1":"ON"}"#).outcome,
+        c.answer("t", br#"{"POWER1":"ON"}"#).outcome,
         Ok(Outcome::Ok(Some(json!({"POWER1": "ON"}))))
     );
     assert!(matches!(
-        c.answer(br#"{"Command":"Unknown"}"#).outcome,
+        c.answer("t", br#"{"Command":"Unknown"}"#).outcome,
         Ok(Outcome::Error(_))
     ));
-    assert!(c.answer(b"ON").outcome.is_err());
+    assert!(c.answer("t", b"ON").outcome.is_err());
     assert!(!c.answers_carry_ids());
     assert_eq!(
         c.event("stat/hall/POWER", b"ON").unwrap(),
@@ -195,7 +199,7 @@ fn tether_profile_is_the_original_contract() {
     assert_eq!(c.subscribe("tether/a/cmd"), Subscribe::Commands);
     assert_eq!(c.subscribe("tether/b/cmd"), Subscribe::Denied);
     assert_eq!(c.classify("tether/a/result"), Some(Inbound::Answer));
-    let a = c.answer(br#"{"id":"c1","ok":true,"payload":{"x":1}}"#);
+    let a = c.answer("t", br#"{"id":"c1","ok":true,"payload":{"x":1}}"#);
     assert_eq!(
         a,
         Answer {
@@ -203,4 +207,96 @@ fn tether_profile_is_the_original_contract() {
             outcome: Ok(Outcome::Ok(Some(json!({"x": 1}))))
         }
     );
+}
+
+fn custom(extra: &str) -> ApplianceConfig {
+    let text = format!(
+        "[[appliance]]\nid = \"node\"\ntransport = \"mqtt\"\npassword = \"pw\"\nprofile = \"custom\"\ntopic = \"porch\"\n{extra}"
+    );
+    let mut entries =
+        crate::config::Config::parse_entries(&text, &Default::default(), &Default::default())
+            .unwrap_or_else(|p| panic!("{p:#?}"));
+    entries.appliances.remove(0)
+}
+
+#[test]
+fn custom_templates_place_commands_and_match_answers() {
+    let a = custom(
+        "command_topic = \"esphome/{topic}/{entity}/command\"\nanswer_topic = \"esphome/{topic}/{entity}/state\"\npresence_topic = \"esphome/{topic}/status\"\n",
+    );
+    let c = Contract::new("tether", &a);
+    assert_eq!(
+        c.subscribe("esphome/porch/light/porch_light/command"),
+        Subscribe::Commands
+    );
+    // Its whole subtree is its own: only its commands are ever published there.
+    assert_eq!(c.subscribe("esphome/porch/#"), Subscribe::Commands);
+    for f in [
+        "esphome/#",
+        "esphome/porch/+/x/command",
+        "esphome/other/light/x/command",
+        "esphome/porch/command",
+    ] {
+        assert_eq!(c.subscribe(f), Subscribe::Denied, "{f}");
+    }
+    assert_eq!(c.classify("esphome/porch/status"), Some(Inbound::Presence));
+    assert_eq!(
+        c.classify("esphome/porch/sensor/t/state"),
+        Some(Inbound::Answer)
+    );
+    assert_eq!(c.classify("esphome/porch/light/x/command"), None);
+    assert_eq!(c.classify("esphome/other/light/x/state"), None);
+    let (name, body, key) = c
+        .command(
+            "c1",
+            1,
+            &json!({"entity": "light/x", "value": {"state": "ON"}}),
+        )
+        .unwrap();
+    assert_eq!(name, "esphome/porch/light/x/command");
+    assert_eq!(body, br#"{"state":"ON"}"#);
+    assert_eq!(key, "esphome/porch/light/x/state");
+    // The next message on that topic answers it, whatever it is.
+    let a = c.answer("esphome/porch/light/x/state", b"{\"state\":\"ON\"}");
+    assert_eq!(a.key.as_deref(), Some("esphome/porch/light/x/state"));
+    assert_eq!(a.outcome, Ok(Outcome::Ok(Some(json!({"state": "ON"})))));
+    assert!(!c.answers_carry_ids());
+    assert_eq!(
+        c.inbound_filters(),
+        ["esphome/porch/#", "esphome/porch/status"]
+    );
+    for bad in [
+        json!({"value": 1}),
+        json!({"entity": "a/+/b"}),
+        json!({"entity": ""}),
+        json!({"entity": "a", "x": 1}),
+    ] {
+        assert!(c.command("c", 1, &bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn custom_answers_matched_by_a_field() {
+    let a = custom(
+        "command_topic = \"dev/{topic}/in\"\ncommand_payload = '{{\"req\": \"{command_id}\", \"set\": {value}}}'\nanswer_topic = \"dev/{topic}/out\"\nanswer_match = \"field:req\"\npresence_topic = \"dev/{topic}/alive\"\nonline_payload = \"1\"\noffline_payload = \"0\"\n",
+    );
+    let c = Contract::new("tether", &a);
+    let (name, body, key) = c.command("c9", 1, &json!({"value": 5})).unwrap();
+    assert_eq!((name.as_str(), key.as_str()), ("dev/porch/in", "c9"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"req": "c9", "set": 5})
+    );
+    let a = c.answer("dev/porch/out", br#"{"req": "c9", "ok": true}"#);
+    assert_eq!(a.key.as_deref(), Some("c9"));
+    assert!(c.answer("dev/porch/out", b"nope").outcome.is_err());
+    assert!(
+        c.answer("dev/porch/out", br#"{"ok": true}"#)
+            .outcome
+            .is_err()
+    );
+    assert!(c.answers_carry_ids());
+    assert_eq!(c.presence(b"1"), Ok(true));
+    assert_eq!(c.presence(b"0"), Ok(false));
+    assert!(c.command("c", 1, &json!({"entity": "x"})).is_err());
 }
