@@ -517,35 +517,36 @@ async fn other_protocol_versions_are_refused_with_their_return_code() {
     let cloud = DevCloud::start(dir.path(), &[]);
     let cfg = config(dir.path(), &cloud, &["bulb"], "");
     let daemon = Tetherd::start(&cfg);
-    // A real MQTT 5 CONNECT: level 5, clean start, keep-alive 60, empty properties, id "bulb".
-    let mqtt5: &[u8] = &[
-        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 4, b'b', b'u', b'l', b'b',
-    ];
-    // MQTT 3.1: protocol name "MQIsdp", level 3.
+    // MQTT 3.1: protocol name "MQIsdp", level 3: CONNACK "unacceptable protocol version".
     let mqtt31: &[u8] = &[
         0x10, 18, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 4, b'b', b'u', b'l',
         b'b',
     ];
-    for (name, connect) in [("MQTT 5", mqtt5), ("MQTT 3.1", mqtt31)] {
+    // A real MQTT 5 CONNECT without credentials (level 5, clean start, keep-alive 60, empty
+    // properties, id "bulb"): an MQTT 5 CONNACK with reason 0x87, not authorized, and an
+    // empty property list.
+    let mqtt5: &[u8] = &[
+        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 4, b'b', b'u', b'l', b'b',
+    ];
+    for (name, connect, expected) in [
+        ("MQTT 3.1", mqtt31, &[0x20, 0x02, 0x00, 0x01][..]),
+        ("MQTT 5", mqtt5, &[0x20, 0x03, 0x00, 0x87, 0x00][..]),
+    ] {
         let mut s = tokio::net::TcpStream::connect(daemon.mqtt).await.unwrap();
         s.write_all(connect).await.unwrap();
-        let mut ack = [0u8; 4];
+        let mut ack = vec![0u8; expected.len()];
         tokio::time::timeout(PATIENCE, s.read_exact(&mut ack))
             .await
             .expect("an answer")
             .unwrap_or_else(|e| panic!("{name}: no CONNACK: {e}"));
-        assert_eq!(
-            ack,
-            [0x20, 0x02, 0x00, 0x01],
-            "{name}: CONNACK 'unacceptable protocol version'"
-        );
+        assert_eq!(ack, expected, "{name}: CONNACK");
     }
     daemon
         .log
-        .wait_async("MQTT protocol level 5 is not supported")
+        .wait_async("MQTT protocol level 3 is not supported")
         .await;
     daemon
         .log
-        .wait_async("MQTT protocol level 3 is not supported")
+        .wait_async("CONNECT refused for client id \"bulb\"")
         .await;
 }

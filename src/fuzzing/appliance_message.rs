@@ -31,7 +31,7 @@ impl Harness {
         let prefix = self.config.mqtt.topic_prefix.clone();
         let topic = |kind: &str| format!("{prefix}/{APPLIANCE}/{kind}");
         let (tx, mut rx) = mpsc::channel(64);
-        let attached = hub.attach(APPLIANCE, true, tx, CancellationToken::new());
+        let attached = hub.attach(APPLIANCE, false, false, tx, CancellationToken::new());
         hub.subscribed(APPLIANCE, Some(QoS::AtLeastOnce));
         let mut results = Vec::new();
         {
@@ -48,7 +48,7 @@ impl Harness {
             if execute.as_mut().now_or_never().is_some() {
                 panic!("harness: the command finished before the appliance answered");
             }
-            if !matches!(rx.try_recv(), Ok(ToConn::Publish(_))) {
+            if !matches!(rx.try_recv(), Ok(ToConn::Publish(..))) {
                 panic!("harness: the command was not handed to the appliance's connection");
             }
             hub.publish(APPLIANCE, &topic("result"), data);

@@ -63,7 +63,9 @@ impl Harness {
                 command = true;
             }
         }
-        client.finish(rest).await;
+        // A stream that opens with its own MQTT 5 CONNECT is answered in MQTT 5.
+        let v5 = mode == 0 && crate::transport::mqtt::connect_protocol_level(rest) == Some(5);
+        client.finish(rest, v5).await;
         // The connection task detaches right after closing; let everything it woke run.
         for _ in 0..4 {
             tokio::task::yield_now().await;
@@ -169,7 +171,7 @@ impl Client {
     }
 
     /// Writes `rest`, shuts the write half, and reads until the endpoint closes.
-    async fn finish(mut self, rest: &[u8]) {
+    async fn finish(mut self, rest: &[u8], v5: bool) {
         let (mut rd, mut wr) = self.stream.split();
         let inbox = &mut self.inbox;
         let write = async {
@@ -180,7 +182,11 @@ impl Client {
         };
         let read = async {
             loop {
-                while next_packet(inbox).is_some() {}
+                while if v5 {
+                    next_packet_v5(inbox)
+                } else {
+                    next_packet(inbox).is_some()
+                } {}
                 match rd.read_buf(inbox).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
@@ -195,6 +201,17 @@ impl Client {
                 "hang: the MQTT endpoint kept the connection open {HANG:?} after the client's last byte and EOF"
             );
         }
+    }
+}
+
+/// Whether a complete MQTT 5 packet the endpoint sent was taken off `inbox`; every one must
+/// decode.
+fn next_packet_v5(inbox: &mut BytesMut) -> bool {
+    use rumqttc::v5::mqttbytes::{Error, v5::Packet};
+    match Packet::read(inbox, Some(1 << 20)) {
+        Ok(_) => true,
+        Err(Error::InsufficientBytes(_)) => false,
+        Err(e) => panic!("the MQTT endpoint sent bytes that are not an MQTT 5 packet: {e}"),
     }
 }
 

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{Hub, ToConn};
 use super::limits::{Bucket, Take};
 use super::profile::Subscribe;
+use super::v5;
 
 /// A client that cannot take a packet within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +65,14 @@ enum ConnError {
     Violation(&'static str),
     #[error("timed out")]
     Timeout,
+    #[error("MQTT 5: {0}")]
+    V5(#[from] v5::Error),
+}
+
+/// The first packet, by protocol level.
+enum Hello {
+    V4(Connect),
+    V5(v5::Hello),
 }
 
 /// Serves one accepted socket until it closes, is kicked, or the endpoint shuts down.
@@ -86,10 +95,12 @@ pub async fn serve<S>(
         wbuf: BytesMut::with_capacity(256),
         limits,
         hub,
+        v5: None,
+        will_on_disconnect: false,
     };
-    let connect = match timeout(conn.limits.connect_timeout, conn.read_connect()).await {
-        Ok(Ok(Packet::Connect(c))) => c,
-        Ok(Ok(_)) => return log::debug!("{peer}: first packet was not CONNECT; closed"),
+    let hello = match timeout(conn.limits.connect_timeout, conn.read_connect()).await {
+        Ok(Ok(Some(hello))) => hello,
+        Ok(Ok(None)) => return log::debug!("{peer}: first packet was not CONNECT; closed"),
         Ok(Err(ConnError::Protocol(mqttbytes::Error::InvalidProtocolLevel(level)))) => {
             log::info!("{peer}: MQTT protocol level {level} is not supported; refused");
             let _ = conn.refuse(ConnectReturnCode::RefusedProtocolVersion).await;
@@ -97,6 +108,16 @@ pub async fn serve<S>(
         }
         Ok(Err(e)) => return log::debug!("{peer}: closed before CONNECT: {e}"),
         Err(_) => return log::debug!("{peer}: no CONNECT within the connect timeout; closed"),
+    };
+    let (connect, resume, persist) = match hello {
+        Hello::V4(c) => {
+            let persistent = !c.clean_session;
+            (c, persistent, persistent)
+        }
+        Hello::V5(h) => {
+            conn.v5 = Some(v5::State::default());
+            (h.connect, h.resume, h.persist)
+        }
     };
     let password = connect.login.as_ref().map(|l| l.password.as_str());
     let username = connect.login.as_ref().map(|l| l.username.as_str());
@@ -111,7 +132,7 @@ pub async fn serve<S>(
         let _ = conn.refuse(ConnectReturnCode::NotAuthorized).await;
         return;
     }
-    conn.run(connect, peer, shutdown).await;
+    conn.run(connect, resume, persist, peer, shutdown).await;
 }
 
 struct Conn<S> {
@@ -121,16 +142,25 @@ struct Conn<S> {
     wbuf: BytesMut,
     limits: Limits,
     hub: Arc<Hub>,
+    /// An MQTT 5 client: its packets go through the translation in `v5.rs`.
+    v5: Option<v5::State>,
+    /// An MQTT 5 DISCONNECT asked for the will to be published all the same.
+    will_on_disconnect: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
-    async fn run(&mut self, connect: Connect, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn run(
+        &mut self,
+        connect: Connect,
+        resume: bool,
+        persist: bool,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
         let id = connect.client_id.clone();
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
         let kick = CancellationToken::new();
-        let attached = self
-            .hub
-            .attach(&id, connect.clean_session, tx, kick.clone());
+        let attached = self.hub.attach(&id, resume, persist, tx, kick.clone());
         log::info!(appliance = id.as_str(), transport = "mqtt"; "{peer}: connected");
         let mut session = Session {
             id: id.clone(),
@@ -141,6 +171,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             },
             next_pkid: 1,
             awaiting_rel: HashSet::new(),
+            denied_rel: false,
             subscribes: Bucket::full(SUBSCRIBE_BURST, Instant::now()),
         };
         let mut will = connect.last_will;
@@ -152,7 +183,25 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Ok(()) => self.serve(&mut session, &mut rx, &kick, &shutdown).await,
             Err(e) => Err(e),
         };
+        if let Some(why) = self.v5.as_ref().and_then(|_| close_reason(&result)) {
+            // An MQTT 5 client is told why the endpoint closes its connection.
+            self.wbuf.clear();
+            let detail = match &result {
+                Ok(Exit::Kicked) => {
+                    "replaced by a new connection, or the appliance's configuration changed"
+                        .to_owned()
+                }
+                Ok(_) => "the gateway is stopping".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if v5::disconnect(why, &detail, &mut self.wbuf).is_ok() {
+                let _ = timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await;
+            }
+        }
         let reason = match &result {
+            Ok(Exit::Disconnect) if self.will_on_disconnect => {
+                "disconnected, asking for its will".to_owned()
+            }
             Ok(Exit::Disconnect) => {
                 will = None; // a clean DISCONNECT discards the will
                 "disconnected".to_owned()
@@ -186,11 +235,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 _ = kick.cancelled() => return Ok(Exit::Kicked),
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
                 msg = rx.recv() => match msg {
-                    Some(ToConn::Publish(mut publish)) => {
+                    Some(ToConn::Publish(mut publish, expires)) => {
                         if publish.qos != QoS::AtMostOnce {
                             publish.pkid = session.pkid();
                         }
-                        self.write(&Packet::Publish(*publish)).await?;
+                        self.send(&Packet::Publish(*publish), false, expires).await?;
                     }
                     // The hub dropped our sender: a newer connection took over.
                     None => return Ok(Exit::Kicked),
@@ -250,10 +299,14 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     .await?;
             }
             Packet::Publish(p) => match p.qos {
-                QoS::AtMostOnce => self.hub.publish(&s.id, &p.topic, &p.payload),
-                QoS::AtLeastOnce => {
+                QoS::AtMostOnce => {
                     self.hub.publish(&s.id, &p.topic, &p.payload);
-                    self.write(&Packet::PubAck(PubAck::new(p.pkid))).await?;
+                }
+                QoS::AtLeastOnce => {
+                    let allowed = self.hub.publish(&s.id, &p.topic, &p.payload);
+                    // MQTT 5 says "not authorized" in the PUBACK; 3.1.1 cannot.
+                    self.send(&Packet::PubAck(PubAck::new(p.pkid)), !allowed, None)
+                        .await?;
                 }
                 QoS::ExactlyOnce => {
                     // Deliver on first receipt; a resend before PUBREL is a duplicate.
@@ -262,9 +315,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                             return Err(ConnError::Violation("too many QoS 2 publishes in flight"));
                         }
                         s.awaiting_rel.insert(p.pkid);
-                        self.hub.publish(&s.id, &p.topic, &p.payload);
+                        s.denied_rel = !self.hub.publish(&s.id, &p.topic, &p.payload);
                     }
-                    self.write(&Packet::PubRec(PubRec::new(p.pkid))).await?;
+                    let denied = s.denied_rel;
+                    self.send(&Packet::PubRec(PubRec::new(p.pkid)), denied, None)
+                        .await?;
                 }
             },
             Packet::PubRel(rel) => {
@@ -283,6 +338,18 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Decodes one complete packet from the read buffer, if there is one.
     fn decode(&mut self) -> Result<Option<Packet>, ConnError> {
+        if let Some(state) = &mut self.v5 {
+            return Ok(
+                match state.decode(&mut self.rbuf, self.limits.max_packet)? {
+                    None => None,
+                    Some(v5::In::Packet(p)) => Some(p),
+                    Some(v5::In::DisconnectWithWill) => {
+                        self.will_on_disconnect = true;
+                        Some(Packet::Disconnect)
+                    }
+                },
+            );
+        }
         match Packet::read(&mut self.rbuf, self.limits.max_packet) {
             Ok(p) => Ok(Some(p)),
             Err(mqttbytes::Error::InsufficientBytes(n)) => {
@@ -293,18 +360,29 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         }
     }
 
-    /// The first packet. A CONNECT of another protocol level (MQTT 5, MQTT 3.1) is told
-    /// apart by its level byte before decoding: the 3.1.1 decoder would misread an MQTT 5
-    /// CONNECT's properties instead of letting it be refused with the right return code.
-    async fn read_connect(&mut self) -> Result<Packet, ConnError> {
+    /// The first packet: a CONNECT, told apart by its protocol level byte before decoding
+    /// (the 3.1.1 decoder would misread an MQTT 5 CONNECT's properties). MQTT 5 is decoded
+    /// as such; another level (MQTT 3.1) is refused with the right return code. `None`:
+    /// the first packet was something else.
+    async fn read_connect(&mut self) -> Result<Option<Hello>, ConnError> {
         loop {
-            if let Some(level) = connect_protocol_level(&self.rbuf)
-                && level != 4
-            {
-                return Err(mqttbytes::Error::InvalidProtocolLevel(level).into());
-            }
-            if let Some(p) = self.decode()? {
-                return Ok(p);
+            match connect_protocol_level(&self.rbuf) {
+                Some(5) => {
+                    if let Some(hello) = v5::read_connect(&mut self.rbuf, self.limits.max_packet)? {
+                        return Ok(Some(Hello::V5(hello)));
+                    }
+                }
+                Some(level) if level != 4 => {
+                    return Err(mqttbytes::Error::InvalidProtocolLevel(level).into());
+                }
+                _ => {
+                    if let Some(p) = self.decode()? {
+                        return Ok(match p {
+                            Packet::Connect(c) => Some(Hello::V4(c)),
+                            _ => None,
+                        });
+                    }
+                }
             }
             if self.rd.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ConnError::Eof);
@@ -313,8 +391,31 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     async fn write(&mut self, packet: &Packet) -> Result<(), ConnError> {
+        self.send(packet, false, None).await
+    }
+
+    /// Writes a packet in the connection's protocol version. `denied` marks an
+    /// acknowledgement of a publish outside the client's topics, `expires` a command's
+    /// TTL (both said only in MQTT 5).
+    async fn send(
+        &mut self,
+        packet: &Packet,
+        denied: bool,
+        expires: Option<tokio::time::Instant>,
+    ) -> Result<(), ConnError> {
         self.wbuf.clear();
-        packet.write(&mut self.wbuf, self.limits.max_packet)?;
+        match &mut self.v5 {
+            Some(state) => state.encode(
+                packet,
+                denied,
+                expires,
+                &mut self.wbuf,
+                self.limits.max_packet,
+            )?,
+            None => {
+                packet.write(&mut self.wbuf, self.limits.max_packet)?;
+            }
+        }
         let written = timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf)).await;
         if self.wbuf.capacity() > KEEP_BUFFER {
             // One large command must not pin its size for the life of the connection.
@@ -327,8 +428,16 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     async fn refuse(&mut self, code: ConnectReturnCode) -> Result<(), ConnError> {
-        self.write(&Packet::ConnAck(ConnAck::new(code, false)))
-            .await?;
+        if self.v5.is_some() {
+            self.wbuf.clear();
+            v5::refusal(code, &mut self.wbuf, self.limits.max_packet)?;
+            timeout(WRITE_TIMEOUT, self.wr.write_all(&self.wbuf))
+                .await
+                .map_err(|_| ConnError::Timeout)??;
+        } else {
+            self.write(&Packet::ConnAck(ConnAck::new(code, false)))
+                .await?;
+        }
         let _ = self.wr.shutdown().await;
         Ok(())
     }
@@ -337,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 /// The protocol level of the CONNECT at the start of `buf`, once enough of it is there:
 /// fixed header 0x10, remaining length (1 to 4 bytes), protocol name (length-prefixed),
 /// then the level.
-fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+pub fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     if buf.first() != Some(&0x10) {
         return None;
     }
@@ -356,6 +465,23 @@ fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 2 + name).copied()
 }
 
+/// The DISCONNECT reason an MQTT 5 client is given when the endpoint closes on it.
+fn close_reason(result: &Result<Exit, ConnError>) -> Option<v5::Close> {
+    Some(match result {
+        Ok(Exit::Disconnect) => return None,
+        Ok(Exit::Kicked) => v5::Close::TakenOver,
+        Ok(Exit::Shutdown) => v5::Close::ShuttingDown,
+        Err(ConnError::Timeout) => v5::Close::KeepAlive,
+        Err(ConnError::Eof | ConnError::Io(_)) => return None,
+        Err(ConnError::V5(v5::Error::TopicAlias)) => v5::Close::TopicAlias,
+        Err(ConnError::V5(e)) if v5::too_large(e) => v5::Close::TooLarge,
+        Err(ConnError::Protocol(mqttbytes::Error::PayloadSizeLimitExceeded(_))) => {
+            v5::Close::TooLarge
+        }
+        Err(_) => v5::Close::Protocol,
+    })
+}
+
 enum Exit {
     Disconnect,
     Kicked,
@@ -367,6 +493,9 @@ struct Session {
     keep_alive: Duration,
     next_pkid: u16,
     awaiting_rel: HashSet<u16>,
+    /// The last QoS 2 publish was outside the client's topics (its PUBREC says so, in
+    /// MQTT 5, also when resent).
+    denied_rel: bool,
     subscribes: Bucket,
 }
 

@@ -384,7 +384,7 @@ impl Client {
                     self.hub.link_up(&tx, &kick);
                 }
                 msg = rx.recv() => match msg {
-                    Some(ToConn::Publish(mut publish)) => {
+                    Some(ToConn::Publish(mut publish, _)) => {
                         publish.pkid = state.pkid();
                         io.write(&Packet::Publish(*publish)).await?;
                     }
@@ -474,7 +474,9 @@ impl Client {
                 let duplicate = p.qos == QoS::ExactlyOnce && state.awaiting_rel.contains(&p.pkid);
                 if !duplicate {
                     match self.hub.route(&p.topic) {
-                        Some(id) => self.hub.publish(&id, &p.topic, &p.payload),
+                        Some(id) => {
+                            self.hub.publish(&id, &p.topic, &p.payload);
+                        }
                         // A subscription a reload just dropped, still in flight.
                         None => log::debug!(
                             "message on {:?} for no configured appliance; dropped",

@@ -33,7 +33,9 @@ pub mod limits;
 pub mod profile;
 pub mod tls;
 pub mod topic;
+mod v5;
 
+pub use conn::connect_protocol_level;
 pub use hub::{Presence, Sessions, Stats};
 
 /// Bytes of MQTT framing allowed on top of `max_payload` (fixed header, topic, packet id).

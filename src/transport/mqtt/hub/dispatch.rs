@@ -112,7 +112,7 @@ impl Hub {
         let (conn_tx, qos) = conn;
         dispatch.gate.pass().await;
         let publish = Publish::new(name, qos, body);
-        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish))) {
+        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish), dispatch.deadline)) {
             self.forget(id, &key);
             return match e {
                 mpsc::error::TrySendError::Full(_) => {

@@ -19,14 +19,18 @@ use crate::transport::mqtt::limits::{Bucket, Take};
 use crate::transport::mqtt::profile::{Contract, Inbound};
 
 impl Hub {
-    /// An allowed or denied PUBLISH from appliance `id`, read by its profile.
-    pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) {
+    /// An allowed or denied PUBLISH from appliance `id`, read by its profile; `false` when
+    /// it was outside the appliance's topics.
+    pub fn publish(&self, id: &str, topic_name: &str, payload: &[u8]) -> bool {
         self.seen(id);
         let Some(contract) = self.contract(id) else {
-            return; // removed from the configuration while its connection closes
+            return false; // removed from the configuration while its connection closes
         };
         match contract.classify(topic_name) {
-            None => self.deny(id, &format!("publish to {topic_name:?}")),
+            None => {
+                self.deny(id, &format!("publish to {topic_name:?}"));
+                return false;
+            }
             Some(Inbound::Ignored) => {
                 log::debug!(appliance = id; "dropped a publish to {topic_name:?} (not used by the gateway)");
             }
@@ -37,7 +41,7 @@ impl Hub {
             },
             Some(Inbound::Event) => {
                 if !self.admit_event(id) {
-                    return;
+                    return true;
                 }
                 match contract.event(topic_name, payload) {
                     Ok(payload) => self.outbox.push_event(Event {
@@ -49,6 +53,7 @@ impl Hub {
                 }
             }
         }
+        true
     }
 
     /// Whether appliance `id` may raise one more event now (`mqtt.max_event_rate`). A

@@ -51,8 +51,10 @@ pub struct Stats {
 /// What the hub asks of a connection task.
 #[derive(Debug)]
 pub enum ToConn {
-    /// Boxed: every connection's queue allocates room for a block of these up front.
-    Publish(Box<Publish>),
+    /// A command, and when its TTL runs out (an MQTT 5 client gets what is left as the
+    /// message expiry interval). Boxed: every connection's queue allocates room for a
+    /// block of these up front.
+    Publish(Box<Publish>, Option<Instant>),
 }
 
 /// Persistent sessions a previous run left (appliance, QoS of its cmd subscription), and
@@ -272,10 +274,14 @@ impl Hub {
     }
 
     /// Registers a new connection for `id`, kicking any older one (session takeover).
+    /// `resume`: the client asks for its previous session (MQTT 3.1.1: clean session off;
+    /// MQTT 5: clean start off); `persist`: this session outlives the connection (3.1.1:
+    /// clean session off; 5: a session expiry interval above 0).
     pub fn attach(
         &self,
         id: &str,
-        clean_session: bool,
+        resume: bool,
+        persist: bool,
         tx: mpsc::Sender<ToConn>,
         kick: CancellationToken,
     ) -> Attached {
@@ -286,15 +292,16 @@ impl Hub {
             log::info!(appliance = id; "new connection replaces the previous one");
             old.kick.cancel();
         }
-        let session_present = !clean_session && slot.persistent && slot.subscription.is_some();
+        let session_present = resume && slot.persistent && slot.subscription.is_some();
         if !session_present {
             slot.subscription = None;
         }
-        if clean_session && slot.persistent {
-            // A clean session ends the persistent one (MQTT-3.1.2-6).
+        if slot.persistent && (!resume || !persist) {
+            // A clean session ends the persistent one (MQTT-3.1.2-6), and so does a
+            // session that will not outlive this connection.
             self.remember_session(id, None);
         }
-        slot.persistent = !clean_session;
+        slot.persistent = persist;
         slot.reported_offline = false;
         let now = SystemTime::now();
         slot.since = Some(now);
