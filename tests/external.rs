@@ -1,8 +1,8 @@
 //! External broker mode against a real Mosquitto (Debian's), started by the test with the
 //! access list `tetherd mosquitto-acl` printed and a password file made by
-//! `mosquitto_passwd`: round trips to a Tether appliance and a Tasmota through the broker,
-//! the broker restarted mid-run with a command waiting (delivered once, nothing lost), and
-//! an appliance refused by Mosquitto when it tries another's topics.
+//! `mosquitto_passwd`: round trips to a Tether appliance, a Tasmota and a Shelly through
+//! the broker, the broker restarted mid-run with a command waiting (delivered once,
+//! nothing lost), and an appliance refused by Mosquitto when it tries another's topics.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::firmware::{PERSISTENT, TASMOTA, firmware};
+use common::firmware::{PERSISTENT, SHELLY, TASMOTA, firmware};
 use common::*;
 use serde_json::{Value, json};
 
@@ -26,6 +26,12 @@ id = "hall"
 transport = "mqtt"
 profile = "tasmota"
 topic = "hall-light"
+
+[[appliance]]
+id = "plug"
+transport = "mqtt"
+profile = "shelly-rpc"
+topic = "shellyplus1-a8032ab1"
 "#;
 
 /// A client with lamp-1's credentials that subscribes to the Tasmota's command topic and
@@ -88,6 +94,7 @@ fn write_broker_files(dir: &Path, port: u16, acl: &str) -> PathBuf {
         ("gw", "gw-secret".to_owned()),
         ("lamp-1", password("lamp-1")),
         ("hall", password("hall")),
+        ("plug", password("plug")),
     ]
     .iter()
     .enumerate()
@@ -200,6 +207,16 @@ async fn through_a_real_mosquitto_with_the_printed_acl() {
     )
     .await;
     assert_eq!(r["payload"], json!({"POWER1": "ON"}), "{r}");
+    let (_plug, _, ready) = firmware(SHELLY, broker, "plug", "shellyplus1-a8032ab1");
+    assert!(ready.starts_with("READY (1, 1)"), "plug said {ready:?}");
+    let r = run(
+        &cloud,
+        "plug",
+        json!({"method": "Switch.Set", "params": {"id": 0, "on": true}}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["payload"], json!({"was_on": false}), "{r}");
 
     // Mosquitto keeps lamp-1 to its own topics. Mosquitto 2.0 grants a subscription its
     // access list denies but delivers nothing on it: a client with lamp-1's credentials

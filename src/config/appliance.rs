@@ -146,12 +146,50 @@ pub fn parse_template(t: &str, payload: bool) -> Result<Template, String> {
     Ok(parts)
 }
 
+/// A topic template filled in: `entity` for `{entity}`, nothing for a payload placeholder.
+pub fn fill_topic(parts: &[Part], id: &str, topic: &str, entity: Option<&str>) -> String {
+    let mut out = String::new();
+    for p in parts {
+        match p {
+            Part::Text(s) => out.push_str(s),
+            Part::Id => out.push_str(id),
+            Part::Topic => out.push_str(topic),
+            Part::Entity => out.push_str(entity.unwrap_or_default()),
+            Part::CommandId | Part::Value => {}
+        }
+    }
+    out
+}
+
+/// Whether `name` is a topic the template stands for, and with what `{entity}`.
+pub fn template_match(parts: &[Part], id: &str, topic: &str, name: &str) -> Option<Option<String>> {
+    let Some(i) = parts.iter().position(|p| *p == Part::Entity) else {
+        return (fill_topic(parts, id, topic, None) == name).then_some(None);
+    };
+    let head = fill_topic(&parts[..i], id, topic, None);
+    let tail = fill_topic(&parts[i + 1..], id, topic, None);
+    let entity = name
+        .strip_prefix(head.as_str())?
+        .strip_suffix(tail.as_str())?;
+    valid_entity(entity).then(|| Some(entity.to_owned()))
+}
+
+/// `{entity}`: one or more levels of the id alphabet.
+pub fn valid_entity(e: &str) -> bool {
+    !e.is_empty() && e.len() <= 128 && e.split('/').all(|l| check_id(l).is_ok())
+}
+
 /// Checks a topic template: one topic, whatever fills it: no wildcard, no empty level,
 /// `{entity}` standing for whole levels, at most once.
 pub fn parse_topic_template(t: &str) -> Result<Template, String> {
     let parts = parse_template(t, false)?;
     if t.is_empty() || t.len() > 256 {
         return Err("must be 1 to 256 characters".into());
+    }
+    if parts.first() == Some(&Part::Entity) {
+        return Err(format!(
+            "{t:?}: a topic must start with levels of its own before {{entity}}"
+        ));
     }
     let entities = parts.iter().filter(|p| **p == Part::Entity).count();
     if entities > 1 {
@@ -497,6 +535,29 @@ fn check_custom(v: &mut Checker, idx: &str, a: &ApplianceConfig) {
             &["appliance", idx, "answer_topic"],
             "{entity} in both command_topic and answer_topic, or in neither: the answer is looked for where the command went",
         );
+    }
+    // At a broker the gateway gets its own commands back where it listens for answers (MQTT
+    // 3.1.1 has no "no local"): a command topic must never be an answer topic.
+    if let (Some(Ok(command)), Some(Ok(answer))) = (
+        a.command_topic.as_deref().map(parse_topic_template),
+        a.answer_topic.as_deref().map(parse_topic_template),
+    ) {
+        let t = a.device_topic();
+        let samples: &[Option<&str>] = if entity[0] {
+            &[Some("e"), Some("e/f/g")]
+        } else {
+            &[None]
+        };
+        for sample in samples {
+            let name = fill_topic(&command, &a.id, t, *sample);
+            if template_match(&answer, &a.id, t, &name).is_some() {
+                v.err(
+                    &["appliance", idx, "answer_topic"],
+                    format!("the command topic {name:?} is also an answer topic: the gateway would take its own command for the answer"),
+                );
+                break;
+            }
+        }
     }
     if let Some(t) = &a.presence_topic {
         match parse_topic_template(t) {

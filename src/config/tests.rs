@@ -693,6 +693,21 @@ fn custom_profile_templates_are_checked_by_key_and_line() {
             "appliance[1].online_payload",
             "needs presence_topic",
         ),
+        (
+            "command_topic = \"{entity}/set\"\nanswer_topic = \"{entity}/state\"\n",
+            "appliance[1].command_topic",
+            "levels of its own before {entity}",
+        ),
+        (
+            "command_topic = \"a/x\"\nanswer_topic = \"a/x\"\n",
+            "appliance[1].answer_topic",
+            "also an answer topic",
+        ),
+        (
+            "command_topic = \"dev/{entity}/set\"\nanswer_topic = \"dev/{entity}\"\n",
+            "appliance[1].answer_topic",
+            "also an answer topic",
+        ),
     ] {
         let text = entry(extra);
         let p = problems(&text);

@@ -314,8 +314,13 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         if s.awaiting_rel.len() >= MAX_AWAITING_REL {
                             return Err(ConnError::Violation("too many QoS 2 publishes in flight"));
                         }
-                        s.awaiting_rel.insert(p.pkid);
-                        s.denied_rel = !self.hub.publish(&s.id, &p.topic, &p.payload);
+                        let allowed = self.hub.publish(&s.id, &p.topic, &p.payload);
+                        // An MQTT 5 PUBREC with a failure code ends the exchange: no
+                        // PUBREL follows to free the packet id.
+                        if allowed || self.v5.is_none() {
+                            s.awaiting_rel.insert(p.pkid);
+                        }
+                        s.denied_rel = !allowed;
                     }
                     let denied = s.denied_rel;
                     self.send(&Packet::PubRec(PubRec::new(p.pkid)), denied, None)

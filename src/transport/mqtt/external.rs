@@ -373,6 +373,10 @@ impl Client {
             while let Some(packet) = io.next()? {
                 self.handle(&mut io, &mut state, packet).await?;
             }
+            // Cleared here, once the PINGRESP is decoded, before the timer is waited on.
+            if std::mem::take(&mut state.pong) {
+                awaiting_pong = false;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -403,9 +407,6 @@ impl Client {
                     awaiting_pong = true;
                     ping_at = Instant::now() + period;
                 }
-            }
-            if std::mem::take(&mut state.pong) {
-                awaiting_pong = false;
             }
         }
     }
@@ -671,6 +672,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         };
         let topic_len = usize::from(u16::from_be_bytes([hi, lo]));
         let header = 2 + topic_len + if qos == QoS::AtMostOnce { 0 } else { 2 };
+        if header > len {
+            return Err(LinkError::Violation("a PUBLISH whose topic overruns it"));
+        }
         if buf.len() < i + header {
             self.rbuf.reserve(i + header - buf.len());
             return Ok(None);
@@ -695,5 +699,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
             Ok(r) => Ok(r?),
             Err(_) => Err(LinkError::Timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::journal::Journal;
+    use crate::outbox::Outbox;
+
+    /// A broker that accepts the CONNECT and every subscription, and answers each
+    /// PINGREQ; counts them.
+    async fn broker(stream: tokio::io::DuplexStream, pings: Arc<AtomicUsize>) {
+        let mut io = Io {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            max_packet: 1 << 20,
+            skip: None,
+        };
+        while let Ok(p) = io.read_packet().await {
+            let answer = match p {
+                Packet::Connect(_) => Packet::ConnAck(rumqttc::mqttbytes::v4::ConnAck::new(
+                    ConnectReturnCode::Success,
+                    false,
+                )),
+                Packet::Subscribe(s) => Packet::SubAck(rumqttc::mqttbytes::v4::SubAck::new(
+                    s.pkid,
+                    s.filters
+                        .iter()
+                        .map(|_| SubscribeReasonCode::Success(QoS::AtLeastOnce))
+                        .collect(),
+                )),
+                Packet::PingReq => {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                    Packet::PingResp
+                }
+                _ => continue,
+            };
+            if io.write(&answer).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// An idle link outlives many keep-alive periods when the broker answers its PINGs
+    /// (a PINGRESP once went unnoticed until a period later, and the link dropped every
+    /// second period).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_link_outlives_its_keep_alives() {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-link-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let text = format!(
+            "[gateway]\nid = \"gw\"\nstate_dir = \"{}\"\n[cloud]\nurl = \"https://localhost:1\"\n\
+             [mqtt]\nmode = \"external\"\nbroker = \"mqtt://127.0.0.1:1\"\nbroker_keep_alive = \"2s\"\n\
+             [[appliance]]\nid = \"lamp\"\ntransport = \"mqtt\"\n",
+            dir.display()
+        );
+        let config = Config::parse(&text).unwrap_or_else(|p| panic!("{p:#?}"));
+        let (journal, _) = Journal::open(&dir, SyncMode::Normal, 1 << 30).unwrap();
+        let outbox = Arc::new(Outbox::new(journal, 100));
+        let hub = Arc::new(super::super::new_hub(&config, outbox, Default::default()));
+        let client = Client {
+            hub: hub.clone(),
+            link: Link::load(&config).unwrap(),
+            resubscribe: Arc::new(Notify::new()),
+        };
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let pings = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(broker(theirs, pings.clone()));
+        let cancel = CancellationToken::new();
+        tokio::select! {
+            r = client.converse(ours, &cancel) => panic!("the link ended: {r:?}"),
+            _ = sleep(Duration::from_secs(21)) => {}
+        }
+        assert!(pings.load(Ordering::SeqCst) >= 9, "{pings:?}");
+        assert_eq!(hub.online(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 use super::topic;
 use crate::cloud::wire::{MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
 use crate::config::{
-    ApplianceConfig, Part, Profile, Template, parse_template, parse_topic_template,
+    ApplianceConfig, Part, Profile, Template, parse_template, parse_topic_template, template_match,
+    valid_entity,
 };
 use crate::transport::Outcome;
 
@@ -178,15 +179,7 @@ impl Contract {
 
     /// Whether `name` is a topic the template stands for, and with what `{entity}`.
     fn matches(&self, parts: &[Part], name: &str) -> Option<Option<String>> {
-        let Some(i) = parts.iter().position(|p| *p == Part::Entity) else {
-            return (self.render(parts, None, "", "") == name).then_some(None);
-        };
-        let head = self.render(&parts[..i], None, "", "");
-        let tail = self.render(&parts[i + 1..], None, "", "");
-        let entity = name
-            .strip_prefix(head.as_str())?
-            .strip_suffix(tail.as_str())?;
-        valid_entity(entity).then(|| Some(entity.to_owned()))
+        template_match(parts, &self.id, &self.device, name)
     }
 
     pub fn profile(&self) -> Profile {
@@ -541,11 +534,6 @@ fn custom_value(payload: &[u8]) -> Result<Value, String> {
             .map(|s| Value::String(s.to_owned()))
             .map_err(|_| "the answer is neither JSON nor UTF-8 text".to_owned()),
     }
-}
-
-/// `{entity}`: one or more levels of the id alphabet.
-fn valid_entity(e: &str) -> bool {
-    !e.is_empty() && e.len() <= 128 && e.split('/').all(|l| crate::config::check_id(l).is_ok())
 }
 
 /// `Some(level)` with one non-empty topic level.

@@ -31,7 +31,8 @@ pub struct State {
 /// A decoded MQTT 5 packet as the 3.1.1 code sees it.
 pub enum In {
     Packet(v4::Packet),
-    /// DISCONNECT with reason 0x04: the client asks for its will to be published.
+    /// DISCONNECT with a reason other than 0x00 (0x04 asks for it, an error code implies
+    /// it): the will is published.
     DisconnectWithWill,
 }
 
@@ -152,7 +153,8 @@ impl State {
             p5::Packet::PubComp(a) => v4::Packet::PubComp(v4::PubComp::new(a.pkid)),
             p5::Packet::PingReq(_) => v4::Packet::PingReq,
             p5::Packet::Disconnect(d) => {
-                if d.reason_code == p5::DisconnectReasonCode::DisconnectWithWillMessage {
+                // Only a normal disconnection (0x00) discards the will.
+                if d.reason_code != p5::DisconnectReasonCode::NormalDisconnection {
                     return Ok(Some(In::DisconnectWithWill));
                 }
                 v4::Packet::Disconnect

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use super::Hub;
 use crate::cloud::wire::Event;
-use crate::config::Profile;
 use crate::transport::Outcome;
 use crate::transport::mqtt::limits::{Bucket, Take};
 use crate::transport::mqtt::profile::{Contract, Inbound};
@@ -116,11 +115,9 @@ impl Hub {
             match (slot, &answer.key) {
                 (Some(s), Some(key)) => s.waiting.remove(key),
                 // Nothing on the wire says which: the router sends an appliance one command
-                // at a time, so it is the one waiting, if one is. (Tether's own appliances
-                // name the command in every answer: one that does not is only dropped.)
-                (Some(s), None)
-                    if s.waiting.len() == 1 && contract.profile() != Profile::Tether =>
-                {
+                // at a time, so it is the one waiting, if one is. (Where answers name their
+                // command, one that does not is only dropped: it may be another message.)
+                (Some(s), None) if s.waiting.len() == 1 && !contract.answers_carry_ids() => {
                     s.waiting.drain().next().map(|(_, tx)| tx)
                 }
                 _ => None,

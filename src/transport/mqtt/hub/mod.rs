@@ -372,16 +372,27 @@ impl Hub {
     pub fn link_up(&self, tx: &mpsc::Sender<ToConn>, kick: &CancellationToken) {
         let now = SystemTime::now();
         let mut slots = self.lock();
-        for slot in slots.values_mut().filter(|s| s.conn.is_none()) {
-            slot.conn = Some(ConnRef {
-                tx: tx.clone(),
-                kick: kick.clone(),
-                generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
-            });
-            // The broker holds each appliance's subscription; commands go at QoS 1.
-            slot.subscription = Some(QoS::AtLeastOnce);
-            slot.since = Some(now);
-            slot.ready.notify_waiters();
+        for slot in slots.values_mut() {
+            let mut woke = false;
+            if slot.conn.is_none() {
+                slot.conn = Some(ConnRef {
+                    tx: tx.clone(),
+                    kick: kick.clone(),
+                    generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                });
+                slot.since = Some(now);
+                woke = true;
+            }
+            // The broker holds each appliance's subscription (also after a reload changed
+            // its topics); commands go at QoS 1.
+            if slot.subscription.is_none() {
+                slot.subscription = Some(QoS::AtLeastOnce);
+                woke = true;
+            }
+            if woke {
+                // Commands waiting for the link (or for this appliance) may go now.
+                slot.ready.notify_waiters();
+            }
         }
         drop(slots);
         self.changed.notify_one();
