@@ -300,28 +300,25 @@ impl ApplianceConfig {
                 .flatten()
                 {
                     if let Ok(parts) = parse_topic_template(template) {
-                        roots.push(self.template_root(&parts));
+                        roots.push(template_root(&parts, &self.id, t));
                     }
                 }
             }
         }
         roots
     }
+}
 
-    /// The levels of a topic template before its `{entity}` (all of it without one), with
-    /// `{id}` and `{topic}` filled in: the subtree its topics lie in.
-    pub fn template_root(&self, parts: &[Part]) -> String {
-        let mut out = String::new();
-        for p in parts {
-            match p {
-                Part::Text(s) => out.push_str(s),
-                Part::Id => out.push_str(&self.id),
-                Part::Topic => out.push_str(self.device_topic()),
-                _ => break,
-            }
-        }
-        out.trim_end_matches('/').to_owned()
-    }
+/// The levels of a topic template before its `{entity}` (all of it without one), with
+/// `{id}` and `{topic}` filled in: the subtree its topics lie in.
+pub fn template_root(parts: &[Part], id: &str, topic: &str) -> String {
+    let head = parts
+        .iter()
+        .position(|p| *p == Part::Entity)
+        .map_or(parts, |i| &parts[..i]);
+    fill_topic(head, id, topic, None)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// Another appliance in `list` whose topics overlap `entry`'s: its id and the topic.

@@ -31,7 +31,7 @@ mod state;
 pub use self::log::{LogConfig, LogTarget, parse_level};
 pub use appliance::{
     ApplianceConfig, COMMON_KEYS, CUSTOM_KEYS, Offline, Part, Profile, Template, TransportKind,
-    check_hash, fill_topic, parse_template, parse_topic_template, template_match, topic_clash,
+    check_hash, parse_template, parse_topic_template, template_match, template_root, topic_clash,
     valid_entity,
 };
 pub use ble::{BleConfig, Encoding, parse_address, parse_uuid};

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, ToConn};
+use super::hub::{Hub, Outgoing, ToConn};
 use super::limits::{Bucket, Take};
 use super::profile::Subscribe;
 use super::v5;
@@ -115,7 +115,7 @@ pub async fn serve<S>(
             (c, persistent, persistent)
         }
         Hello::V5(h) => {
-            conn.v5 = Some(v5::State::default());
+            conn.v5 = Some(Box::default());
             (h.connect, h.resume, h.persist)
         }
     };
@@ -143,7 +143,7 @@ struct Conn<S> {
     limits: Limits,
     hub: Arc<Hub>,
     /// An MQTT 5 client: its packets go through the translation in `v5.rs`.
-    v5: Option<v5::State>,
+    v5: Option<Box<v5::State>>,
     /// An MQTT 5 DISCONNECT asked for the will to be published all the same.
     will_on_disconnect: bool,
 }
@@ -235,11 +235,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 _ = kick.cancelled() => return Ok(Exit::Kicked),
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
                 msg = rx.recv() => match msg {
-                    Some(ToConn::Publish(mut publish, expires)) => {
+                    Some(ToConn::Publish(out)) => {
+                        let Outgoing { mut publish, expires } = *out;
                         if publish.qos != QoS::AtMostOnce {
                             publish.pkid = session.pkid();
                         }
-                        self.send(&Packet::Publish(*publish), false, expires).await?;
+                        self.send(&Packet::Publish(publish), false, expires).await?;
                     }
                     // The hub dropped our sender: a newer connection took over.
                     None => return Ok(Exit::Kicked),

@@ -388,9 +388,10 @@ impl Client {
                     self.hub.link_up(&tx, &kick);
                 }
                 msg = rx.recv() => match msg {
-                    Some(ToConn::Publish(mut publish, _)) => {
+                    Some(ToConn::Publish(out)) => {
+                        let mut publish = out.publish;
                         publish.pkid = state.pkid();
-                        io.write(&Packet::Publish(*publish)).await?;
+                        io.write(&Packet::Publish(publish)).await?;
                     }
                     None => return Err(LinkError::Violation("the hub let go of the link")),
                 },

@@ -15,7 +15,7 @@ use super::topic;
 use crate::cloud::wire::{MAX_COMMAND_ID, MAX_PAYLOAD_DEPTH, nesting_depth};
 use crate::config::{
     ApplianceConfig, Part, Profile, Template, parse_template, parse_topic_template, template_match,
-    valid_entity,
+    template_root, valid_entity,
 };
 use crate::transport::Outcome;
 
@@ -159,14 +159,8 @@ impl Contract {
 
     /// The levels before a template's `{entity}` (all of it without one), filled in.
     fn root(&self, parts: &[Part]) -> (String, bool) {
-        let entity = parts.contains(&Part::Entity);
-        let head: Vec<Part> = parts
-            .iter()
-            .take_while(|p| **p != Part::Entity)
-            .cloned()
-            .collect();
-        let root = self.render(&head, None, "", "");
-        (root.trim_end_matches('/').to_owned(), entity)
+        let root = template_root(parts, &self.id, &self.device);
+        (root, parts.contains(&Part::Entity))
     }
 
     /// A template as a filter: exact without `{entity}`, its root and `#` with one.

@@ -13,7 +13,7 @@ use rumqttc::mqttbytes::v4::Publish;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Hub, ToConn};
+use super::{Hub, Outgoing, ToConn};
 use crate::config::Offline;
 use crate::transport::{Dispatch, Outcome, Payload};
 
@@ -112,7 +112,10 @@ impl Hub {
         let (conn_tx, qos) = conn;
         dispatch.gate.pass().await;
         let publish = Publish::new(name, qos, body);
-        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(publish), dispatch.deadline)) {
+        if let Err(e) = conn_tx.try_send(ToConn::Publish(Box::new(Outgoing {
+            publish,
+            expires: dispatch.deadline,
+        }))) {
             self.forget(id, &key);
             return match e {
                 mpsc::error::TrySendError::Full(_) => {

@@ -51,10 +51,18 @@ pub struct Stats {
 /// What the hub asks of a connection task.
 #[derive(Debug)]
 pub enum ToConn {
-    /// A command, and when its TTL runs out (an MQTT 5 client gets what is left as the
-    /// message expiry interval). Boxed: every connection's queue allocates room for a
-    /// block of these up front.
-    Publish(Box<Publish>, Option<Instant>),
+    /// A command. Boxed, deadline included: every connection's queue allocates room for
+    /// a block of these up front, so a slot stays one pointer.
+    Publish(Box<Outgoing>),
+}
+
+/// A command on its way to a connection.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub publish: Publish,
+    /// When its TTL runs out (an MQTT 5 client gets what is left as the message expiry
+    /// interval).
+    pub expires: Option<Instant>,
 }
 
 /// Persistent sessions a previous run left (appliance, QoS of its cmd subscription), and
