@@ -281,7 +281,6 @@ impl App {
             max_batch: config.cloud.max_batch,
             reload: reload_rx,
         };
-        tracker.spawn(driver.run(drain.clone(), cancel.clone()));
         let watched = Arc::new(Watched::new(
             health,
             router.clone(),
@@ -301,9 +300,13 @@ impl App {
         };
         tracker.spawn(task.run(inbox, cancel.clone()));
         router.set_gateway(Arc::new(fleet.clone()));
-        // Before the first poll: what the last run left is queued ahead of anything new for
-        // the same appliance, and listed in that poll's `pending`.
+        // Before the first poll (the driver starts only now): what the last run left is
+        // queued ahead of anything that poll brings for the same appliance, and listed in
+        // its `pending`.
+        #[cfg(feature = "fault-injection")]
+        crate::fault::slow_recovery().await;
         router.recover(recovery.running).await;
+        tracker.spawn(driver.run(drain.clone(), cancel.clone()));
         tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
         control_socket(config, &watched, &tracker, &cancel);
         if let Some(addr) = config.metrics.listen {

@@ -52,10 +52,10 @@ async fn paho_appliance_round_trip_with_qos2_result() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 with paho-mqtt (Debian: python3-paho-mqtt)");
+    let stdout = paho.stdout.take().unwrap();
+    let mut paho = KillOnDrop(Some(paho));
     let mut ready = String::new();
-    BufReader::new(paho.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut ready).unwrap();
     assert!(ready.starts_with("READY (1,)"), "paho said {ready:?}");
     for n in 0..3 {
         let id = cloud
@@ -65,6 +65,7 @@ async fn paho_appliance_round_trip_with_qos2_result() {
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["payload"], json!({"via": "paho", "got": {"n": n}}));
     }
+    let mut paho = paho.0.take().unwrap();
     paho.kill().unwrap();
     paho.wait().unwrap();
     // The dropped TCP connection fires the will: the appliance is offline and a command

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::json;
@@ -37,7 +37,7 @@ c.connect(host, port, keepalive=10)
 c.loop_forever()
 "#;
 
-fn sleeper(daemon: &Tetherd, id: &str) -> (Child, Lines) {
+fn sleeper(daemon: &Tetherd, id: &str) -> (KillOnDrop, Lines) {
     let mut child = Command::new("/usr/bin/python3")
         .args([
             "-c",
@@ -52,7 +52,7 @@ fn sleeper(daemon: &Tetherd, id: &str) -> (Child, Lines) {
         .expect("python3 with paho-mqtt (Debian: python3-paho-mqtt)");
     let lines = Lines::default();
     lines.follow(child.stdout.take().unwrap(), "paho");
-    (child, lines)
+    (KillOnDrop(Some(child)), lines)
 }
 
 /// What the devcloud's last poll from the gateway listed as waiting.
@@ -83,10 +83,9 @@ async fn a_sleeping_paho_appliance_gets_its_commands_in_order_across_a_gateway_k
     let mqtt = mqtt_on(port, "0s");
     let cfg = config_with_mqtt(dir.path(), &cloud, &["th-1"], &mqtt, "");
     let mut daemon = Tetherd::start(&cfg);
-    let (mut paho, out) = sleeper(&daemon, "th-1");
+    let (paho, out) = sleeper(&daemon, "th-1");
     assert!(out.wait_for("READY").contains("(1,)"), "{:?}", out.all());
-    paho.kill().unwrap();
-    paho.wait().unwrap();
+    drop(paho);
     daemon.log.wait_async("appliance offline").await;
 
     let long = |n: u32| json!({"target": "th-1", "payload": {"n": n}, "ttl_ms": 120_000});
@@ -109,15 +108,17 @@ async fn a_sleeping_paho_appliance_gets_its_commands_in_order_across_a_gateway_k
     assert!(r["error"].as_str().unwrap().contains("not sent"), "{r}");
 
     daemon.kill();
-    daemon = Tetherd::start(&cfg);
+    // Queued while the gateway is down: the first poll after the restart brings it, and
+    // it must still queue behind what the last run left.
+    kept.push(cloud.enqueue(long(4)).await);
+    daemon = Tetherd::start_with_env(&cfg, &[("TETHER_FAULT", "slow-recovery")]);
     // The expired one's result may or may not have been committed before the kill; its
     // TTL is still out after the restart either way.
     daemon.log.wait_async("command(s) left unfinished").await;
-    kept.push(cloud.enqueue(long(4)).await);
     until_waiting(&cloud, &kept).await;
 
     // Back: the gateway kept its session (no new SUBSCRIBE), and what waited comes in order.
-    let (mut paho, out) = sleeper(&daemon, "th-1");
+    let (_paho, out) = sleeper(&daemon, "th-1");
     out.wait_for("SESSION");
     let mut results = HashMap::new();
     for id in &kept {
@@ -137,8 +138,6 @@ async fn a_sleeping_paho_appliance_gets_its_commands_in_order_across_a_gateway_k
         waited >= 1500,
         "duration_ms {waited} does not cover the wait"
     );
-    paho.kill().unwrap();
-    paho.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

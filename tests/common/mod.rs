@@ -520,11 +520,11 @@ impl Tetherd {
                 "appliances are at the external broker",
             ],
         );
-        let child = guard.0.take().unwrap();
         let mqtt = line
             .split_whitespace()
             .find_map(|w| w.trim_start_matches("mqtt://").parse().ok())
             .unwrap_or_else(|| panic!("bad listening line: {line}"));
+        let child = guard.0.take().unwrap();
         Tetherd { child, log, mqtt }
     }
 
