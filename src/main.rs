@@ -317,7 +317,11 @@ fn show_sources(file: &Config) {
         store.path().display()
     );
     for a in &v.appliances {
-        println!("  appliance {:<24} {:<4} {}", a.id, a.transport, a.source);
+        let how = match a.profile {
+            Some(p) if p != "tether" => format!("{}/{p}", a.transport),
+            _ => a.transport.to_owned(),
+        };
+        println!("  appliance {:<24} {how:<4} {}", a.id, a.source);
     }
     for g in &v.groups {
         println!("  group     {:<24}      {}", g.name, g.source);

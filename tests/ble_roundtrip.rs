@@ -54,6 +54,10 @@ async fn a_cloud_command_reaches_a_ble_appliance_and_its_answer_comes_back() {
     let lamp = &status["appliances"][0];
     assert_eq!(lamp["id"], "lamp", "{status}");
     assert_eq!(lamp["transport"], "ble", "{status}");
+    assert!(
+        lamp["profile"].is_null(),
+        "BLE has no MQTT profile: {status}"
+    );
     assert_eq!(lamp["online"], true, "{status}");
     assert!(lamp["since"].is_string(), "{status}");
     assert_eq!(lamp["commands_done"], 1, "{status}");

@@ -263,6 +263,7 @@ async fn file_entries_win_and_bad_entries_are_rejected_by_field() {
     assert_eq!(r["status"], "ok", "{r}");
     let r = gateway(&cloud, json!({"op": "list"})).await;
     assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["payload"]["appliances"][0]["profile"], "tether", "{r}");
     let sources: Vec<(String, String)> = r["payload"]["appliances"]
         .as_array()
         .unwrap()

@@ -143,6 +143,7 @@ impl Watched {
                 json!({
                     "id": a.id,
                     "transport": a.transport,
+                    "profile": a.profile,
                     "source": a.source,
                     "online": online,
                     "since": since.map(rfc3339),
@@ -198,6 +199,8 @@ pub struct View {
 pub struct EntryView {
     pub id: String,
     pub transport: &'static str,
+    /// MQTT appliances: how they are spoken to (docs/appliances.md); `null` for BLE.
+    pub profile: Option<&'static str>,
     pub source: &'static str,
 }
 
@@ -234,6 +237,7 @@ impl Sources {
                 .map(|a| EntryView {
                     id: a.id.clone(),
                     transport: transport_name(a.transport),
+                    profile: (a.transport == TransportKind::Mqtt).then(|| a.profile.name()),
                     source: source(self.file.appliance(&a.id).is_some()),
                 })
                 .collect(),
@@ -335,11 +339,16 @@ pub fn render(s: &Value) -> String {
             },
             _ => "?".into(),
         };
+        // An MQTT appliance on another firmware's contract says which.
+        let transport = match &a["profile"] {
+            Value::String(p) if p != "tether" => format!("{}/{p}", str_of(&a["transport"])),
+            _ => str_of(&a["transport"]),
+        };
         let _ = writeln!(
             out,
             "  {:<20} {:<4} {:<5} {}; last seen {}; {} waiting, {} done, {} failed",
             str_of(&a["id"]),
-            str_of(&a["transport"]),
+            transport,
             str_of(&a["source"]),
             state,
             str_of(&a["last_seen"]),
