@@ -300,14 +300,8 @@ impl App {
         };
         tracker.spawn(task.run(inbox, cancel.clone()));
         router.set_gateway(Arc::new(fleet.clone()));
-        // Before the first poll (the driver starts only now): what the last run left is
-        // queued ahead of anything that poll brings for the same appliance, and listed in
-        // its `pending`.
-        #[cfg(feature = "fault-injection")]
-        crate::fault::slow_recovery().await;
-        router.recover(recovery.running).await;
-        tracker.spawn(driver.run(drain.clone(), cancel.clone()));
-        tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
+        // A listener that cannot be had fails the start before anything is taken from
+        // the cloud or settled from the journal.
         control_socket(config, &watched, &tracker, &cancel);
         if let Some(addr) = config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -321,6 +315,14 @@ impl App {
                 cancel.clone(),
             ));
         }
+        // Before the first poll (the driver starts only now): what the last run left is
+        // queued ahead of anything that poll brings for the same appliance, and listed in
+        // its `pending`.
+        #[cfg(feature = "fault-injection")]
+        crate::fault::slow_recovery().await;
+        router.recover(recovery.running).await;
+        tracker.spawn(driver.run(drain.clone(), cancel.clone()));
+        tracker.spawn(systemd::supervise(watched.clone(), cancel.clone()));
         log::info!(
             "tetherd {} started: gateway {}, cloud {}, {} appliance(s)",
             env!("CARGO_PKG_VERSION"),

@@ -186,7 +186,7 @@ async fn through_a_real_mosquitto_with_the_printed_acl() {
     let mut mosquitto = Mosquitto::start(&conf);
 
     let daemon = Tetherd::start(&cfg);
-    daemon.log.wait_async("connected to the MQTT broker").await;
+    daemon.log.wait_async("subscribed at the MQTT broker").await;
     // What a support engineer sees: the broker reachable and the login taken (under
     // another client id: the daemon's session stays).
     let said = diagnose(&cfg);

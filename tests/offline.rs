@@ -199,6 +199,8 @@ async fn a_stop_leaves_waiting_commands_to_wait_after_the_restart() {
         .await;
     until_waiting(&cloud, &ids).await;
     assert!(daemon.terminate().success());
+    // Its last line: the reader has everything before it.
+    daemon.log.wait_for("stopped; ");
     let log = daemon.log.all().join("\n");
     assert!(
         log.contains("2 command(s) wait for appliances that are away"),

@@ -199,7 +199,7 @@ async fn a_tasmota_cannot_reach_another_appliances_topics() {
     for filter in ["cmnd/porch/#", "cmnd/+/#", "#", "shellyplus1-a8032ab1/rpc"] {
         let out = Command::new("mosquitto_sub")
             .args(hall)
-            .args(["-t", filter, "-C", "1", "-W", "5"])
+            .args(["-t", filter, "-C", "1", "-W", "30"])
             .output()
             .expect("mosquitto_sub (Debian: mosquitto-clients)");
         let said = format!(

@@ -524,6 +524,9 @@ impl Tetherd {
             .split_whitespace()
             .find_map(|w| w.trim_start_matches("mqtt://").parse().ok())
             .unwrap_or_else(|| panic!("bad listening line: {line}"));
+        // The endpoint listens before the rest is up (the control socket, recovery, the
+        // uplink): a test starts once all of it is.
+        log.wait_for(" started: gateway ");
         let child = guard.0.take().unwrap();
         Tetherd { child, log, mqtt }
     }

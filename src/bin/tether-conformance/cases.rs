@@ -794,7 +794,8 @@ async fn flush_second_stream(cx: Arc<Ctx>) -> Outcome {
     let (wake, wake_cmd) = gw.command();
     let fixture = cx.fixture()?;
     let pending = vec![id.clone()];
-    let lead = Duration::from_millis(300);
+    // Long enough for the poll to be held before the flush goes out (as in poll.wakes).
+    let lead = (cx.prompt / 2).max(Duration::from_millis(500));
     let body = poll_body(vec![], &pending, 64);
     let (polled, flushed) = tokio::join!(
         async { (gw.poll(&body, 10).await, Instant::now()) },

@@ -362,6 +362,8 @@ impl Client {
         // Subscribing again costs little and covers appliances added while the link was
         // down; the broker answers a repeated filter by replacing the subscription.
         self.sync(&mut io, &mut state, true).await?;
+        state.announce = true;
+        announce_subscribed(&mut state);
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
         let kick = CancellationToken::new();
         self.hub.link_up(&tx, &kick);
@@ -504,6 +506,7 @@ impl Client {
                         );
                     }
                 }
+                announce_subscribed(state);
             }
             Packet::PingResp => state.pong = true,
             Packet::PubAck(_) | Packet::PubComp(_) | Packet::UnsubAck(_) => {}
@@ -571,6 +574,20 @@ struct State {
     refused: HashSet<String>,
     awaiting_rel: HashSet<u16>,
     pong: bool,
+    /// The link's first subscriptions are out and their answers not yet all in.
+    announce: bool,
+}
+
+/// Says once per link when the broker has answered every first SUBSCRIBE: only from then
+/// on does what the appliances publish reach the gateway.
+fn announce_subscribed(state: &mut State) {
+    if state.pending.is_empty() && std::mem::take(&mut state.announce) {
+        log::info!(
+            "subscribed at the MQTT broker to {} topic filter(s), {} refused",
+            state.subscribed.len(),
+            state.refused.len()
+        );
+    }
 }
 
 impl State {
