@@ -191,6 +191,39 @@ async fn diagnose_fails_with_a_hint_against_an_expired_certificate() {
     assert!(hint.unwrap().contains("expired"), "{report}");
 }
 
+/// The MQTT TLS endpoint's certificate, which nothing on the cloud side watches: expired
+/// here, so the check fails and names the key to renew.
+#[tokio::test]
+async fn diagnose_fails_on_an_expired_mqtt_tls_certificate() {
+    use rcgen::{CertificateParams, KeyPair, date_time_ymd};
+    let dir = TempDir::new("diag-mqtt-cert");
+    let mut params = CertificateParams::new(vec!["gateway.local".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2021, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("mqtt.pem"), dir.path().join("mqtt-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    secret_file(&key_path, &key.serialize_pem());
+    let cloud = DevCloud::start(dir.path(), &[]);
+    let mqtt = format!(
+        "listen = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let cfg = config_with_mqtt(dir.path(), &cloud, &[], &mqtt, "");
+    let (out, report) = diagnose(&cfg, &[]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let (line, hint) = check(&report, "mqtt certificate");
+    assert!(
+        line.starts_with("fail") && line.contains("expired on 2021-01-01"),
+        "{report}"
+    );
+    assert!(hint.unwrap().contains("renew mqtt.tls_cert"), "{report}");
+    // The cloud side is fine: only this check fails.
+    assert!(check(&report, "tls").0.starts_with("ok"), "{report}");
+}
+
 #[tokio::test]
 async fn diagnose_fails_with_a_hint_against_an_unreachable_host() {
     let dir = TempDir::new("diag-down");

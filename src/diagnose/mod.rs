@@ -5,7 +5,7 @@
 //! the files it names; DNS, TCP and TLS to the cloud (the same trust and client identity as
 //! the daemon's client, and one `HEAD` of the cloud's base URL, which takes no command);
 //! the cloud's and the client's certificate expiry; the clock against the cloud's `Date`;
-//! the MQTT listen addresses; the BLE adapter when BLE appliances are configured; the
+//! the MQTT listen addresses and the MQTT TLS endpoint's certificate expiry; the BLE adapter when BLE appliances are configured; the
 //! journal's integrity; whether the daemon answers on its control socket.
 //! `--bundle FILE` writes the report with the configuration (secrets redacted), versions,
 //! the daemon's status and metrics, the journal summary and its recent log, as a tar file;
@@ -163,6 +163,7 @@ pub async fn run(path: &Path) -> (Report, Option<Config>) {
         broker(&mut r, &config).await;
     } else {
         listen_addresses(&mut r, &config);
+        mqtt_certificate(&mut r, &config);
     }
     ble_adapter(&mut r, &config);
     journal(&mut r, &config);
@@ -413,9 +414,36 @@ fn clock(r: &mut Report, asked: SystemTime, cloud: Option<SystemTime>) {
 }
 
 fn client_certificate(r: &mut Report, config: &Config) {
-    let Some(path) = &config.cloud.client_cert else {
+    if let Some(path) = &config.cloud.client_cert {
+        certificate_file(
+            r,
+            "client certificate",
+            "cloud.client_cert",
+            path,
+            "the gateway's certificate",
+        );
+    }
+}
+
+/// The MQTT TLS endpoint's certificate: when it runs out, every appliance on TLS is
+/// refused at once, and nothing on the cloud side says so.
+fn mqtt_certificate(r: &mut Report, config: &Config) {
+    if config.mqtt.tls_listen.is_none() {
         return;
-    };
+    }
+    if let Some(path) = &config.mqtt.tls_cert {
+        certificate_file(
+            r,
+            "mqtt certificate",
+            "mqtt.tls_cert",
+            path,
+            "the endpoint's certificate",
+        );
+    }
+}
+
+/// The expiry of the first certificate in a PEM file (the leaf, by convention).
+fn certificate_file(r: &mut Report, name: &'static str, key: &str, path: &Path, what: &str) {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let first = CertificateDer::pem_file_iter(path)
@@ -425,17 +453,17 @@ fn client_certificate(r: &mut Report, config: &Config) {
     match first.as_deref().and_then(x509::validity) {
         Some((_, not_after)) => expiry(
             r,
-            "client certificate",
+            name,
             not_after,
-            &format!("renew cloud.client_cert ({}) before then", path.display()),
+            &format!("renew {key} ({}) before then", path.display()),
         ),
         None => r.fail(
-            "client certificate",
+            name,
             format!(
                 "{}: no certificate whose validity can be read",
                 path.display()
             ),
-            "cloud.client_cert must hold the gateway's certificate (PEM), first in the file",
+            format!("{key} must hold {what} (PEM), first in the file"),
         ),
     }
 }
