@@ -76,6 +76,8 @@ struct Turns {
     draining: bool,
     /// When the client was last rebuilt for the cloud's `ping_s`.
     ping_rebuilt: Option<Instant>,
+    /// The poll in flight told the cloud the gateway was full (`capacity: 0`).
+    poll_full: bool,
     #[cfg(feature = "fault-injection")]
     wedge: bool,
 }
@@ -91,6 +93,7 @@ impl Turns {
             logged_state: LinkState::Connecting,
             draining: false,
             ping_rebuilt: None,
+            poll_full: false,
             #[cfg(feature = "fault-injection")]
             wedge: crate::fault::wedge_uplink(),
         }
@@ -128,6 +131,9 @@ impl Driver {
                 out = next(&mut turns.flush) => self.flush_answered(&mut turns, out).await,
                 Some(change) = self.reload.recv() => self.reconfigure(&mut turns, change),
                 _ = self.outbox.changed() => self.session.results_ready(Instant::now()),
+                _ = self.router.room(), if turns.poll_full && turns.poll.is_some() => {
+                    self.room_freed(&mut turns).await;
+                }
                 _ = beat.tick() => {}
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {}
             }
@@ -155,8 +161,11 @@ impl Driver {
         let mut pending = self.router.pending_ids();
         pending.extend(self.outbox.in_flight_ids());
         let capacity = self.router.capacity();
-        // A full gateway must not sit out a whole held poll once room frees up: poll
-        // again soon to take the commands waiting upstream.
+        // A full gateway must not sit out a whole held poll once room frees up: the poll
+        // is cut as soon as there is room worth a poll (`room_freed`), and held at most
+        // FULL_POLL_WAIT where that does not come (slow appliances, a journal that was
+        // full).
+        turns.poll_full = capacity == 0;
         let wait = if capacity == 0 {
             wait.min(FULL_POLL_WAIT)
         } else {
@@ -194,6 +203,21 @@ impl Driver {
             body,
             Duration::ZERO,
         )));
+    }
+
+    /// Commands finished while the held poll said the gateway was full (`Router::room`:
+    /// a quarter of its bound is free): the cloud would hold that poll with nothing to
+    /// send. It is cut (a stream reset; the connection
+    /// stays) and a poll that offers the room goes out at once. What rode in it stays
+    /// owed and goes again: the cloud keeps the first of any result it stored twice.
+    async fn room_freed(&mut self, turns: &mut Turns) {
+        turns.poll = None;
+        turns.poll_full = false;
+        if let Some(batch) = turns.poll_batch.take() {
+            self.outbox.settle(batch, &[], false).await;
+        }
+        self.session.poll_cut(Instant::now());
+        log::trace!("room freed while a full poll was held; polling again");
     }
 
     async fn stop_polling(&mut self, turns: &mut Turns) {

@@ -308,6 +308,21 @@ impl Session {
         }
     }
 
+    /// The driver dropped the poll in flight (the gateway has room again, the poll said
+    /// it had none): poll again at once. Nothing about the link is learnt from it.
+    pub fn poll_cut(&mut self, now: Instant) {
+        if !self.poll_in_flight {
+            return;
+        }
+        self.poll_in_flight = false;
+        self.flush_due = None;
+        self.flush_held = false;
+        // A poll still on a replaced client proved nothing; the next is on the new one.
+        self.stale_poll = false;
+        // As after an answer: a cloud that spaces polls (`interval_s`) is still obeyed.
+        self.next_poll = now + Duration::from_secs(self.cadence.interval_s);
+    }
+
     /// An early flush ended; `ok` false (it failed, or the cloud took none of its results)
     /// leaves its results, and any that finish meanwhile, for the next poll.
     pub fn flush_done(&mut self, now: Instant, ok: bool) {

@@ -233,6 +233,22 @@ impl Router {
         }
     }
 
+    /// Returns once a quarter of `router.max_pending` is free again (at least one): worth
+    /// a poll to fill, while the three quarters still pending keep the appliances busy.
+    /// Woken as commands finish; a journal that stops being full does not wake it.
+    pub async fn room(&self) {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let worth = self.shared.routing().cfg.max_pending.div_ceil(4).max(1);
+            if usize::try_from(self.capacity()).unwrap_or(usize::MAX) >= worth {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Every appliance's queue and tallies (those with neither are left out).
     pub fn appliance_work(&self) -> HashMap<String, ApplianceWork> {
         let state = self.shared.lock();
