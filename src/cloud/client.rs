@@ -86,6 +86,9 @@ struct Inner {
     json_fallback: Arc<AtomicBool>,
     /// ... and the cloud answered a protobuf request with success at least once.
     protobuf_proven: Arc<AtomicBool>,
+    /// The last response came over HTTP/2: a request dropped mid-way resets its stream
+    /// only (on HTTP/1.1 it costs the connection).
+    http2: Arc<AtomicBool>,
 }
 
 impl Uplink {
@@ -103,6 +106,7 @@ impl Uplink {
                 ping_interval: cfg.ping_interval,
                 json_fallback: Arc::default(),
                 protobuf_proven: Arc::default(),
+                http2: Arc::default(),
             }),
         })
     }
@@ -125,6 +129,12 @@ impl Uplink {
                 ..old.clone()
             }),
         })
+    }
+
+    /// Whether the cloud's last response came over HTTP/2, where dropping a request in
+    /// flight leaves the connection (and the other stream on it) as it is.
+    pub fn multiplexed(&self) -> bool {
+        self.inner.http2.load(Ordering::Relaxed)
     }
 
     /// The encoding requests go out in now.
@@ -225,6 +235,10 @@ impl Uplink {
             .await
             .map_err(|e| RequestError::Transport(error_chain(&e)))?;
         let status = resp.status();
+        inner.http2.store(
+            resp.version() == reqwest::Version::HTTP_2,
+            Ordering::Relaxed,
+        );
         // A server answers in the request's encoding; one that names another it still
         // gets read in that one.
         let answer = resp

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -164,8 +165,7 @@ impl Driver {
         // A full gateway must not sit out a whole held poll once room frees up: the poll
         // is cut as soon as there is room worth a poll (`room_freed`), and held at most
         // FULL_POLL_WAIT where that does not come (slow appliances, a journal that was
-        // full).
-        turns.poll_full = capacity == 0;
+        // full) or where it is not cut (below).
         let wait = if capacity == 0 {
             wait.min(FULL_POLL_WAIT)
         } else {
@@ -178,6 +178,14 @@ impl Driver {
             events: batch.events.clone(),
             capacity,
         };
+        // Cut only where that is cheap and harmless: over HTTP/2 (on HTTP/1.1 a dropped
+        // request costs the connection), when polls follow at once (with `interval_s` the
+        // next would wait anyway), and with no events on board (they have no id: sent
+        // again, the cloud would store them twice).
+        turns.poll_full = capacity == 0
+            && batch.events.is_empty()
+            && self.session.long_polling()
+            && self.uplink.multiplexed();
         turns.poll_batch = Some(batch);
         let uplink = self.uplink.clone();
         turns.poll = Some(Box::pin(uplink.post(Endpoint::Poll, body, wait)));
@@ -211,8 +219,13 @@ impl Driver {
     /// stays) and a poll that offers the room goes out at once. What rode in it stays
     /// owed and goes again: the cloud keeps the first of any result it stored twice.
     async fn room_freed(&mut self, turns: &mut Turns) {
-        turns.poll = None;
         turns.poll_full = false;
+        // Answered in the same turn: the answer (its acks, its cadence) is taken, not
+        // thrown away with the request.
+        if let Some(out) = turns.poll.as_mut().and_then(|p| p.as_mut().now_or_never()) {
+            return self.poll_answered(turns, out).await;
+        }
+        turns.poll = None;
         if let Some(batch) = turns.poll_batch.take() {
             self.outbox.settle(batch, &[], false).await;
         }

@@ -308,6 +308,12 @@ impl Session {
         }
     }
 
+    /// Polls follow each other at once (no `interval_s` from the cloud): only then does
+    /// cutting a held poll bring the next one forward.
+    pub fn long_polling(&self) -> bool {
+        self.cadence.interval_s == 0
+    }
+
     /// The driver dropped the poll in flight (the gateway has room again, the poll said
     /// it had none): poll again at once. Nothing about the link is learnt from it.
     pub fn poll_cut(&mut self, now: Instant) {

@@ -435,6 +435,7 @@ async fn server_steers_the_ping_interval_within_bounds() {
 async fn a_cut_poll_is_followed_at_once_by_a_held_one_within_the_cadence() {
     let mut s = session();
     hold_poll(&mut s);
+    assert!(s.long_polling());
     s.poll_cut(Instant::now());
     // Nothing learnt, nothing lost: still online, the next poll held as before, now.
     assert_eq!(s.state(), LinkState::Online);
@@ -443,7 +444,7 @@ async fn a_cut_poll_is_followed_at_once_by_a_held_one_within_the_cadence() {
         s.poll_action(Instant::now()),
         Some(Action::Poll { wait }) if wait == Duration::from_secs(30)
     ));
-    // A second cut with no poll in flight changes nothing.
+    // The cloud spaces its polls: 10 s after an answer.
     s.poll_done(
         Instant::now(),
         Ok(Some(Cadence {
@@ -452,19 +453,38 @@ async fn a_cut_poll_is_followed_at_once_by_a_held_one_within_the_cadence() {
             ping_s: None,
         })),
     );
+    assert!(!s.long_polling());
+    // A cut with no poll in flight moves nothing: still due 10 s after the answer, not
+    // 10 s after the cut.
+    advance(Duration::from_secs(5)).await;
     s.poll_cut(Instant::now());
     assert!(s.poll_action(Instant::now()).is_none());
-    // A cloud that spaces its polls is obeyed after a cut too.
-    advance(Duration::from_secs(10)).await;
-    assert!(matches!(
-        s.poll_action(Instant::now()),
-        Some(Action::Poll { .. })
-    ));
-    s.poll_cut(Instant::now());
-    assert!(s.poll_action(Instant::now()).is_none());
-    advance(Duration::from_secs(10)).await;
+    advance(Duration::from_secs(5)).await;
     assert!(matches!(
         s.poll_action(Instant::now()),
         Some(Action::Poll { wait }) if wait == Duration::from_secs(5)
     ));
+    // A cut poll is followed within the cadence too.
+    s.poll_cut(Instant::now());
+    advance(Duration::from_secs(9)).await;
+    assert!(s.poll_action(Instant::now()).is_none());
+    advance(Duration::from_secs(1)).await;
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { .. })
+    ));
+    // A poll cut after the client was replaced proved nothing: the next one probes the
+    // new client with wait=0, alone.
+    s.link_changed();
+    s.poll_cut(Instant::now());
+    advance(Duration::from_secs(10)).await;
+    assert!(matches!(
+        s.poll_action(Instant::now()),
+        Some(Action::Poll { wait }) if wait.is_zero()
+    ));
+    s.results_ready(Instant::now());
+    assert!(
+        s.poll_action(Instant::now()).is_none(),
+        "no flush beside a probe"
+    );
 }
