@@ -317,10 +317,7 @@ fn show_sources(file: &Config) {
         store.path().display()
     );
     for a in &v.appliances {
-        let how = match a.profile {
-            Some(p) if p != "tether" => format!("{}/{p}", a.transport),
-            _ => a.transport.to_owned(),
-        };
+        let how = tether::status::transport_label(a.transport, a.profile);
         println!("  appliance {:<24} {how:<4} {}", a.id, a.source);
     }
     for g in &v.groups {

@@ -215,9 +215,9 @@ impl Driver {
 
     /// Commands finished while the held poll said the gateway was full (`Router::room`:
     /// a quarter of its bound is free): the cloud would hold that poll with nothing to
-    /// send. It is cut (a stream reset; the connection
-    /// stays) and a poll that offers the room goes out at once. What rode in it stays
-    /// owed and goes again: the cloud keeps the first of any result it stored twice.
+    /// send. It is cut (a stream reset; the connection stays) and a poll that offers the
+    /// room goes out at once. What rode in it stays owed and goes again: the cloud keeps
+    /// the first of any result it stored twice.
     async fn room_freed(&mut self, turns: &mut Turns) {
         turns.poll_full = false;
         // Answered in the same turn: the answer (its acks, its cadence) is taken, not

@@ -5,8 +5,9 @@
 //! the files it names; DNS, TCP and TLS to the cloud (the same trust and client identity as
 //! the daemon's client, and one `HEAD` of the cloud's base URL, which takes no command);
 //! the cloud's and the client's certificate expiry; the clock against the cloud's `Date`;
-//! the MQTT listen addresses and the MQTT TLS endpoint's certificate expiry; the BLE adapter when BLE appliances are configured; the
-//! journal's integrity; whether the daemon answers on its control socket.
+//! the MQTT listen addresses and the MQTT TLS endpoint's certificate expiry; the BLE
+//! adapter when BLE appliances are configured; the journal's integrity; whether the
+//! daemon answers on its control socket.
 //! `--bundle FILE` writes the report with the configuration (secrets redacted), versions,
 //! the daemon's status and metrics, the journal summary and its recent log, as a tar file;
 //! every secret the configuration names (token, appliance passwords) is scrubbed from all

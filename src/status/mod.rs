@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, Profile, TransportKind};
 use crate::health::Health;
 use crate::journal::Journal;
 use crate::outbox::Outbox;
@@ -257,6 +257,15 @@ impl Sources {
     }
 }
 
+/// An appliance's transport as the text views show it: with its profile where that is
+/// another firmware's contract (`mqtt/tasmota`), plain for Tether's own and for BLE.
+pub fn transport_label(transport: &str, profile: Option<&str>) -> String {
+    match profile {
+        Some(p) if p != Profile::Tether.name() => format!("{transport}/{p}"),
+        _ => transport.to_owned(),
+    }
+}
+
 pub fn transport_name(kind: TransportKind) -> &'static str {
     match kind {
         TransportKind::Mqtt => "mqtt",
@@ -339,11 +348,10 @@ pub fn render(s: &Value) -> String {
             },
             _ => "?".into(),
         };
-        // An MQTT appliance on another firmware's contract says which.
-        let transport = match &a["profile"] {
-            Value::String(p) if p != "tether" => format!("{}/{p}", str_of(&a["transport"])),
-            _ => str_of(&a["transport"]),
-        };
+        let transport = transport_label(
+            a["transport"].as_str().unwrap_or("?"),
+            a["profile"].as_str(),
+        );
         let _ = writeln!(
             out,
             "  {:<20} {:<4} {:<5} {}; last seen {}; {} waiting, {} done, {} failed",

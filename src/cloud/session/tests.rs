@@ -48,7 +48,7 @@ async fn first_poll_is_immediate_short_and_alone() {
     // the connection is not proven yet, and a second request would open a second one.
     s.results_ready(now);
     advance(Duration::from_secs(1)).await;
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -76,7 +76,7 @@ async fn server_cadence_steers_wait_and_interval() {
             ping_s: None,
         })),
     );
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     assert_eq!(
         s.poll_timeout(),
         Some(Instant::now() + Duration::from_secs(10))
@@ -103,7 +103,7 @@ async fn early_flushes_go_at_once_then_at_most_one_per_linger() {
     s.results_ready(Instant::now());
     s.results_ready(Instant::now());
     s.flush_done(Instant::now(), true);
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     assert_eq!(
         s.poll_timeout(),
         Some(Instant::now() + Duration::from_millis(15))
@@ -181,7 +181,7 @@ async fn retry_after_is_honoured_and_capped() {
         Some(Instant::now() + Duration::from_secs(120))
     );
     advance(Duration::from_secs(119)).await;
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     advance(Duration::from_secs(1)).await;
     assert!(s.poll_action(Instant::now()).is_some());
     s.poll_done(
@@ -215,7 +215,7 @@ async fn refused_batch_retries_at_once_and_failure_stops_flushes() {
     s.poll_action(Instant::now());
     s.results_ready(Instant::now());
     advance(Duration::from_secs(1)).await;
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -297,7 +297,7 @@ async fn a_replaced_client_is_probed_alone_like_the_first() {
     );
     s.results_ready(Instant::now());
     advance(Duration::from_secs(1)).await;
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     // Once a poll on the new client succeeds, flushes may run beside the held poll.
     s.poll_done(Instant::now(), Ok(None));
     assert!(matches!(
@@ -319,7 +319,7 @@ async fn a_failed_flush_holds_flushes_until_the_next_poll_ends() {
     for _ in 0..3 {
         advance(Duration::from_secs(1)).await;
         s.results_ready(Instant::now());
-        assert!(s.poll_action(Instant::now()).is_none());
+        assert_eq!(s.poll_action(Instant::now()), None);
     }
     assert_eq!(s.poll_timeout(), None, "nothing to wake up for");
     // The held poll ends; flushes may run beside the next one.
@@ -342,7 +342,7 @@ async fn a_failed_flush_holds_flushes_until_the_next_poll_ends() {
     // While stopping there is no next poll: a failed flush is tried again shortly.
     s.drain(Instant::now());
     s.flush_done(Instant::now(), false);
-    assert!(s.poll_action(Instant::now()).is_none());
+    assert_eq!(s.poll_action(Instant::now()), None);
     advance(Duration::from_secs(1)).await;
     assert_eq!(s.poll_action(Instant::now()), Some(Action::Flush));
 }
